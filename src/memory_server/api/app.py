@@ -1,0 +1,110 @@
+"""The FastAPI application factory: health, metrics, docs, and MCP over SSE and streamable HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from memory_server import __version__
+from memory_server.api.middleware import HttpMetrics
+from memory_server.config import Settings
+from memory_server.errors import MemoryServerError
+from memory_server.mcp.router import McpRouter
+from memory_server.mcp.server import build_mcp
+from memory_server.metrics import ERRORS, StoredMemoriesCollector
+from memory_server.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one JSON error shape of the HTTP API."""
+    return {"error": {"code": code, "message": message}}
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """Build the whole HTTP server from settings (or from a ready runtime, in tests)."""
+    runtime = runtime or Runtime.build(settings)
+    mcp = build_mcp(runtime.memories)
+    sse_app = mcp.http_app(transport="sse", path="/")
+    http_app = mcp.http_app(transport="http", path="/")
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoredMemoriesCollector(runtime.memories.count_by_state))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(sse_app.lifespan(sse_app))
+            await stack.enter_async_context(http_app.lifespan(http_app))
+            log.info("memory-server %s ready", __version__)
+            try:
+                yield
+            finally:
+                log.info("memory-server shutting down")
+        runtime.close()
+
+    app = FastAPI(
+        title="memory-server",
+        version=__version__,
+        description="Long-term memory for AI assistants. MCP at /mcp/{client_name}/sse/{user_id} "
+        "and /mcp/{client_name}/http/{user_id}.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.mcp = mcp
+
+    @app.exception_handler(MemoryServerError)
+    async def domain_error(_request: Request, exc: MemoryServerError) -> JSONResponse:
+        ERRORS.labels(exc.code).inc()
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        ERRORS.labels("validation").inc()
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse(error_body("validation_error", problems), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        ERRORS.labels("internal").inc()
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+    @app.get("/health", tags=["operations"], summary="Health of each component")
+    async def health() -> JSONResponse:
+        checks = {
+            "database": runtime.db.ping,
+            "vector_store": runtime.vectors.ping,
+            "embedder": lambda: runtime.embedder.embed_one("health check"),
+        }
+        components: dict[str, dict[str, str]] = {}
+        for name, check in checks.items():
+            try:
+                with anyio.fail_after(5):
+                    await anyio.to_thread.run_sync(check)
+                components[name] = {"status": "ok"}
+            except Exception as exc:
+                log.warning("health check %s failed: %s", name, type(exc).__name__)
+                components[name] = {"status": "down", "error": type(exc).__name__}
+        healthy = all(c["status"] == "ok" for c in components.values())
+        body = {"status": "ok" if healthy else "degraded", "version": __version__, "components": components}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        payload = generate_latest(REGISTRY) + await anyio.to_thread.run_sync(generate_latest, registry)
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(McpRouter, sse_app=sse_app, http_app=http_app)
+    app.add_middleware(HttpMetrics, routes_app=app.router)
+    return app

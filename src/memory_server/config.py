@@ -1,0 +1,271 @@
+"""Settings (environment and ``.env``) and the mem0-style ``config.json``.
+
+Settings are read once at the edge (CLI, app factory) and passed down; nothing here
+runs at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from memory_server.errors import ConfigurationError
+from memory_server.identity import validate_client_name, validate_user_id
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Every setting of the server; each field names its environment variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path("~/.memory-server"), validation_alias=_env("MEMORY_DATA_DIR"))
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
+    qdrant_url: str | None = Field(None, validation_alias=_env("QDRANT_URL"))
+    qdrant_api_key: SecretStr | None = Field(None, validation_alias=_env("QDRANT_API_KEY"))
+    config_file: Path | None = Field(None, validation_alias=_env("MEMORY_CONFIG_FILE"))
+
+    user_id: str = Field("default-user", validation_alias=_env("USER_ID"))
+    default_app_id: str = Field("default", validation_alias=_env("DEFAULT_APP_ID"))
+
+    llm_provider: str | None = Field(None, validation_alias=_env("LLM_PROVIDER"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    llm_base_url: str | None = Field(None, validation_alias=_env("LLM_BASE_URL"))
+    llm_model: str | None = Field(None, validation_alias=_env("LLM_MODEL"))
+    embedder_provider: str | None = Field(None, validation_alias=_env("EMBEDDER_PROVIDER"))
+    embedder_model: str | None = Field(None, validation_alias=_env("EMBEDDER_MODEL"))
+    embedder_base_url: str | None = Field(None, validation_alias=_env("EMBEDDER_BASE_URL"))
+    embedding_dims: int | None = Field(None, validation_alias=_env("EMBEDDING_DIMS"), gt=0)
+    embedding_model_dir: Path | None = Field(None, validation_alias=_env("EMBEDDING_MODEL_DIR"))
+    embedding_threads: int = Field(2, validation_alias=_env("EMBEDDING_THREADS"), ge=1, le=64)
+
+    max_memory_bytes: int = Field(32_768, validation_alias=_env("MAX_MEMORY_BYTES"), ge=64)
+    duplicate_threshold: float = Field(0.95, validation_alias=_env("DUPLICATE_THRESHOLD"), gt=0, le=1)
+    search_min_score: float = Field(0.0, validation_alias=_env("SEARCH_MIN_SCORE"), ge=-1, le=1)
+    memory_pool_size: int = Field(256, validation_alias=_env("MEMORY_POOL_SIZE"), ge=1)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
+    port: int = Field(8765, validation_alias=_env("PORT"), ge=1, le=65535)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator(
+        "database_url", "qdrant_url", "llm_provider", "llm_base_url", "llm_model", "embedder_provider",
+        "embedder_model", "embedder_base_url", "qdrant_api_key", "openai_api_key", "embedding_dims",
+        "embedding_model_dir", "config_file", mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("user_id")
+    @classmethod
+    def _valid_user(cls, value: str) -> str:
+        try:
+            return validate_user_id(value)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("default_app_id")
+    @classmethod
+    def _valid_app(cls, value: str) -> str:
+        try:
+            return validate_client_name(value)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split(":", 1)[0].lower()
+        if not (scheme.startswith("sqlite") or scheme.startswith("postgresql") or scheme == "postgres"):
+            raise ValueError("DATABASE_URL must start with sqlite:// or postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.qdrant_api_key is not None and self.qdrant_url is None:
+            raise ValueError("QDRANT_API_KEY is set but QDRANT_URL is not: set QDRANT_URL to your Qdrant server")
+        self.data_dir = self.data_dir.expanduser()
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL: ``DATABASE_URL``, or a SQLite file in the data dir."""
+        if self.database_url is None:
+            return f"sqlite:///{self.data_dir / 'memory.db'}"
+        url = self.database_url
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @property
+    def model_dir(self) -> Path:
+        """Where the local embedding model files live."""
+        return (self.embedding_model_dir or self.data_dir / "models" / "all-MiniLM-L6-v2").expanduser()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment and ``.env``; raise ``ConfigurationError`` if invalid."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+class ProviderConfig(BaseModel):
+    """One section of ``config.json``: a provider name and its options."""
+
+    provider: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProvidersConfig(BaseModel):
+    """The expanded ``config.json``: which LLM, embedder and vector store to use."""
+
+    llm: ProviderConfig
+    embedder: ProviderConfig
+    vector_store: ProviderConfig
+
+    @property
+    def llm_enabled(self) -> bool:
+        """Whether an LLM is configured, so that ``infer`` can run."""
+        provider = self.llm.provider.lower()
+        if provider in ("", "none"):
+            return False
+        if provider == "openai":
+            return bool(self.llm.config.get("api_key") or self.llm.config.get("openai_base_url"))
+        return True
+
+
+def expand_variables(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a JSON value."""
+    if isinstance(value, dict):
+        return {k: expand_variables(v, environ, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_variables(v, environ, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ and environ[name] != "":
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigurationError(
+            f"config.json: {where} uses ${{{name}}} but {name} is not set; "
+            f"set {name} or write ${{{name}:-default}}"
+        )
+
+    return _VAR.sub(replace, value)
+
+
+def _drop_blank(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v not in ("", None)}
+
+
+def _settings_environ(settings: Settings) -> dict[str, str]:
+    """The documented variables as the validated settings hold them (they win over raw env)."""
+    values: dict[str, Any] = {
+        "QDRANT_URL": settings.qdrant_url,
+        "QDRANT_API_KEY": settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        "OPENAI_API_KEY": settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        "LLM_PROVIDER": settings.llm_provider,
+        "LLM_BASE_URL": settings.llm_base_url,
+        "LLM_MODEL": settings.llm_model,
+        "EMBEDDER_PROVIDER": settings.embedder_provider,
+        "EMBEDDER_MODEL": settings.embedder_model,
+        "EMBEDDER_BASE_URL": settings.embedder_base_url,
+        "EMBEDDING_DIMS": settings.embedding_dims,
+    }
+    return {k: str(v) for k, v in values.items() if v is not None}
+
+
+def _config_path(settings: Settings) -> Path | None:
+    if settings.config_file is not None:
+        if not settings.config_file.is_file():
+            raise ConfigurationError(f"MEMORY_CONFIG_FILE={settings.config_file} does not exist")
+        return settings.config_file
+    for candidate in (Path.cwd() / "config.json", REPO_ROOT / "config.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_providers(settings: Settings, environ: Mapping[str, str] | None = None) -> ProvidersConfig:
+    """Read ``config.json`` (see ``_config_path``) and expand variables from the environment.
+
+    Values from ``.env`` count as environment, with the real environment winning.
+    Without a config file the defaults are the ones of the repository's ``config.json``:
+    local embeddings, embedded Qdrant, no LLM.
+    """
+    if environ is None:
+        environ = {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
+    environ = {**environ, **_settings_environ(settings)}
+    path = _config_path(settings)
+    raw: dict[str, Any]
+    if path is None:
+        raw = {
+            "llm": {"provider": "none", "config": {}},
+            "embedder": {"provider": "fastembed", "config": {"model": DEFAULT_EMBEDDING_MODEL}},
+            "vector_store": {"provider": "qdrant", "config": {}},
+        }
+    else:
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"{path} is not valid JSON: {exc}") from None
+    expanded = expand_variables(raw, environ)
+    try:
+        providers = ProvidersConfig.model_validate(expanded)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{path or 'config'} must have llm, embedder and vector_store sections "
+            f"with a provider each: {exc}"
+        ) from None
+    for section in (providers.llm, providers.embedder, providers.vector_store):
+        section.config = _drop_blank(section.config)
+        section.provider = section.provider.strip().lower()
+    dims = providers.embedder.config.get("embedding_dims")
+    if dims is not None:
+        try:
+            providers.embedder.config["embedding_dims"] = int(dims)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"embedder.config.embedding_dims must be a number, got {dims!r}") from None
+    if providers.vector_store.provider != "qdrant":
+        raise ConfigurationError(
+            f"vector_store.provider {providers.vector_store.provider!r} is not supported: use qdrant"
+        )
+    if providers.embedder.provider not in ("fastembed", "openai"):
+        raise ConfigurationError(
+            f"embedder.provider {providers.embedder.provider!r} is not supported: use fastembed or openai"
+        )
+    return providers

@@ -1,0 +1,1 @@
+"""MCP adapter: tools over the memory service, and the stdio / SSE / streamable HTTP transports."""

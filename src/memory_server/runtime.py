@@ -1,0 +1,76 @@
+"""Builds every long-lived part of the server from one ``Settings`` object."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from memory_server.config import ProvidersConfig, Settings, load_providers
+from memory_server.services.memories import Limits, MemoryService
+from memory_server.storage.database import Database, make_engine, migrate
+from memory_server.storage.embeddings import Embedder, create_embedder
+from memory_server.storage.mem0_pool import MemoryPool
+from memory_server.storage.vectors import VectorStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The database, embedder, vector store, mem0 pool and service of one process."""
+
+    settings: Settings
+    providers: ProvidersConfig
+    db: Database
+    embedder: Embedder
+    vectors: VectorStore
+    pool: MemoryPool
+    memories: MemoryService
+
+    @classmethod
+    def build(cls, settings: Settings, embedder: Embedder | None = None, run_migrations: bool = True) -> Runtime:
+        """Connect, migrate and check everything; raise ``ConfigurationError`` with advice if wrong.
+
+        ``embedder`` lets tests share one loaded model across many runtimes.
+        """
+        providers = load_providers(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(make_engine(settings.resolved_database_url))
+        try:
+            if run_migrations:
+                migrate(db.engine)
+            if embedder is None:
+                embedder = create_embedder(
+                    providers.embedder.provider, providers.embedder.config, settings.model_dir, settings.embedding_threads
+                )
+            store_config = providers.vector_store.config
+            vectors = VectorStore(
+                embedder.dims,
+                path=settings.data_dir / "qdrant",
+                url=store_config.get("url"),
+                api_key=store_config.get("api_key"),
+            )
+        except BaseException:
+            db.dispose()
+            raise
+        try:
+            vectors.check_dimensions(settings.user_id)
+            pool = MemoryPool(
+                providers, embedder, vectors, settings.data_dir / "mem0" / "history.db", settings.memory_pool_size
+            )
+        except BaseException:
+            vectors.close()
+            db.dispose()
+            raise
+        limits = Limits(
+            max_memory_bytes=settings.max_memory_bytes,
+            duplicate_threshold=settings.duplicate_threshold,
+            search_min_score=settings.search_min_score,
+        )
+        return cls(settings, providers, db, embedder, vectors, pool, MemoryService(db, pool, limits))
+
+    def close(self) -> None:
+        """Release files and connections (the embedded Qdrant lock above all)."""
+        self.pool.close()
+        self.vectors.close()
+        self.db.dispose()

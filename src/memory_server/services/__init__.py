@@ -1,0 +1,1 @@
+"""The service layer: the one place where memory behaviour lives."""

@@ -1,0 +1,1 @@
+"""Storage: the SQL database, the embedder and the vector store."""

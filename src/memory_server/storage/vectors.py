@@ -1,0 +1,168 @@
+"""Qdrant: one collection per user, embedded (local mode in the data dir) or a server.
+
+mem0's own ``Qdrant`` store does the reads and writes; ``UserCollection`` subclasses it
+only to share one client, to keep BM25 off (its encoder would download a model), and
+to index the payload fields we filter on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mem0.vector_stores.qdrant import Qdrant
+from qdrant_client import QdrantClient, models
+
+from memory_server.errors import ConfigurationError, Unavailable
+from memory_server.identity import COLLECTION_PREFIX, collection_name
+
+log = logging.getLogger(__name__)
+
+
+class _LockedClient:
+    """Serialises calls into an embedded (local mode) Qdrant client, which is not thread-safe."""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self._client = client
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return locked
+
+
+class UserCollection(Qdrant):  # type: ignore[misc]
+    """mem0's Qdrant store bound to one user's collection on the shared client."""
+
+    def __init__(self, client: Any, name: str, dims: int, is_local: bool) -> None:
+        # Set before super().__init__, which creates the collection and indexes.
+        self._local = is_local
+        super().__init__(collection_name=name, embedding_model_dims=dims, client=client)
+        self.is_local = is_local
+
+    def _get_bm25_encoder(self) -> None:
+        return None
+
+    def create_col(self, vector_size: int, on_disk: bool, distance: models.Distance = models.Distance.COSINE) -> None:
+        if self.client.collection_exists(self.collection_name):
+            existing = _vector_size(self.client.get_collection(self.collection_name))
+            if existing is not None and existing != vector_size:
+                raise ConfigurationError(dimension_mismatch(self.collection_name, existing, vector_size))
+            self._has_bm25_slot = False
+            return
+        self.client.create_collection(
+            collection_name=self.collection_name,
+            vectors_config=models.VectorParams(size=vector_size, distance=distance, on_disk=on_disk),
+        )
+        self._has_bm25_slot = False
+        self._create_filter_indexes()
+
+    def _create_filter_indexes(self) -> None:
+        if getattr(self, "_local", True):
+            return  # local mode has no payload indexes
+        try:
+            self.client.create_payload_index(
+                collection_name=self.collection_name, field_name="user_id", field_schema="keyword"
+            )
+        except Exception as exc:  # an index that already exists is fine
+            log.debug("payload index on %s: %s", self.collection_name, exc)
+
+    def delete_many(self, ids: list[str]) -> None:
+        """Delete several points in one call."""
+        if ids:
+            self.client.delete(
+                collection_name=self.collection_name, points_selector=models.PointIdsList(points=list(ids))
+            )
+
+    def retrieve_many(self, ids: list[str], with_vectors: bool = False) -> list[Any]:
+        """Fetch several points in one call."""
+        return list(
+            self.client.retrieve(
+                collection_name=self.collection_name, ids=list(ids), with_payload=True, with_vectors=with_vectors
+            )
+        )
+
+    def upsert_points(self, points: list[models.PointStruct]) -> None:
+        """Write points back as they were (used to undo a delete)."""
+        if points:
+            self.client.upsert(collection_name=self.collection_name, points=points)
+
+
+def _vector_size(info: Any) -> int | None:
+    vectors = info.config.params.vectors
+    if isinstance(vectors, dict):
+        vectors = vectors.get("") or next(iter(vectors.values()), None)
+    return getattr(vectors, "size", None)
+
+
+def dimension_mismatch(name: str, existing: int, wanted: int) -> str:
+    return (
+        f"Qdrant collection {name!r} holds {existing}-dimension vectors but the configured embedder "
+        f"makes {wanted}-dimension ones. Switch back to the embedder the data was made with, or "
+        f"export the memories and import them into a fresh data directory (they are re-embedded)."
+    )
+
+
+class VectorStore:
+    """The one Qdrant client of the process, and per-user collections on it."""
+
+    def __init__(self, dims: int, path: Path | None = None, url: str | None = None, api_key: str | None = None):
+        self.dims = dims
+        self.is_local = url is None
+        try:
+            if url is None:
+                assert path is not None
+                path.mkdir(parents=True, exist_ok=True)
+                self.client: Any = _LockedClient(QdrantClient(path=str(path)))
+            else:
+                self.client = QdrantClient(url=url, api_key=api_key, timeout=10)
+        except RuntimeError as exc:
+            if "already accessed" in str(exc):
+                raise ConfigurationError(
+                    f"the embedded Qdrant store in {path} is in use by another memory-server process; "
+                    "stop it, or point MEMORY_DATA_DIR elsewhere, or use a Qdrant server (QDRANT_URL)"
+                ) from None
+            raise
+
+    def check_dimensions(self, sample_user: str | None = None) -> None:
+        """Fail fast if an existing collection was made with another embedding dimension.
+
+        Embedded Qdrant keeps every collection in memory, so all are checked; on a server
+        only ``sample_user``'s collection is (the rest are checked when first opened).
+        """
+        try:
+            names = [c.name for c in self.client.get_collections().collections]
+        except Exception as exc:
+            raise Unavailable(f"the vector store is unavailable: {type(exc).__name__}") from exc
+        if not self.is_local:
+            names = [n for n in names if sample_user is not None and n == collection_name(sample_user)]
+        for name in names:
+            if not name.startswith(COLLECTION_PREFIX):
+                continue
+            size = _vector_size(self.client.get_collection(name))
+            if size is not None and size != self.dims:
+                raise ConfigurationError(dimension_mismatch(name, size, self.dims))
+
+    def open_collection(self, user_id: str) -> UserCollection:
+        """mem0's store for one user's collection (created on first use)."""
+        return UserCollection(self.client, collection_name(user_id), self.dims, self.is_local)
+
+    def ping(self) -> None:
+        self.client.get_collections()
+
+    def close(self) -> None:
+        close: Callable[[], None] | None = getattr(self.client, "close", None)
+        if close is not None:
+            close()
