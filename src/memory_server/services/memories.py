@@ -341,13 +341,15 @@ class MemoryService:
                             memory_id=memory_id, changed_by=actor.app_pk, old_state=None,
                             new_state=MemoryState.active.value, changed_at=now,
                         ))
-                except IntegrityError:
+                except IntegrityError as exc:
                     # The same text was stored concurrently (or the LLM repeated a stored fact).
                     stale_vectors.append(memory_id)
                     with self.db.session() as session:
                         existing = self._existing_live(session, actor, digest)
-                    if existing is not None:
-                        results.append(self._out(*existing, event="NONE"))
+                    if existing is None:
+                        log.error("memory insert rejected: %s", str(exc.orig)[:200])
+                        raise Unavailable("the database rejected the memory; nothing was stored") from exc
+                    results.append(self._out(*existing, event="NONE"))
                     continue
                 MEMORIES_ADDED.inc()
                 results.append(self._out(row, actor.app_name, event="ADD"))
@@ -518,7 +520,7 @@ class MemoryService:
         now = self.clock()
         for chunk in _chunks(ids, 500):
             old_states = dict(
-                session.execute(select(Memory.id, Memory.state).where(Memory.id.in_(chunk))).tuples().all()
+                session.execute(select(Memory.id, Memory.state).where(Memory.id.in_(chunk))).all()
             )
             session.execute(
                 update(Memory)
@@ -538,7 +540,7 @@ class MemoryService:
         """Memories per state across all users (for metrics)."""
         try:
             with self.db.session() as session:
-                return {state: n for state, n in session.execute(select(Memory.state, func.count()).group_by(Memory.state)).tuples()}
+                return {state: n for state, n in session.execute(select(Memory.state, func.count()).group_by(Memory.state))}
         except (Unavailable, OperationalError):
             return {}
 

@@ -12,8 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory_server.config import REPO_ROOT
@@ -104,6 +103,12 @@ class Database:
             session.rollback()
             log.warning("database error: %s", _describe(exc))
             raise Unavailable("the database is unavailable; try again shortly") from exc
+        except DBAPIError as exc:
+            session.rollback()
+            if isinstance(exc, IntegrityError):
+                raise  # callers decide what a constraint violation means
+            log.error("database rejected a statement: %s", _describe(exc))
+            raise Unavailable("the database rejected the operation; nothing was changed") from exc
         except BaseException:
             session.rollback()
             raise
