@@ -160,7 +160,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, acceptance_model_dir: Path)
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"memory-server serve did not become healthy in {STARTUP_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
+                pytest.fail(
+                    f"memory-server serve did not become healthy in {STARTUP_TIMEOUT_S:.0f} s:\n{_tail(log_path)}"
+                )
             time.sleep(0.2)
         yield Server(base_url=base_url, data_dir=data_dir, log_path=log_path, process=process)
     finally:
@@ -208,7 +210,10 @@ class Inspector:
     def __call__(self, url: str, transport: str, method: str, *args: str) -> InspectorRun:
         env = {k: v for k, v in os.environ.items() if not _SERVER_VARS.match(k)}
         # Inspector state (catalog, client config) goes to a private directory, not ~/.mcp-inspector.
-        env.update(MCP_CATALOG_PATH=str(self.home / "mcp.json"), MCP_CLIENT_CONFIG_PATH=str(self.home / "client.json"))
+        env.update(
+            MCP_CATALOG_PATH=str(self.home / "mcp.json"),
+            MCP_CLIENT_CONFIG_PATH=str(self.home / "client.json"),
+        )
         command = [
             self.npx,
             "-y",

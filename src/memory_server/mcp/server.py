@@ -115,7 +115,7 @@ def build_mcp(service: MemoryService) -> FastMCP:
     async def get_memory(
         memory_id: Annotated[str, Field(description="The id of a memory (a UUID from another tool's result).")],
     ) -> MemoryOut:
-        """Fetch one memory by id."""
+        """Fetch one memory by its id: text, app, state, metadata and timestamps."""
         return await _call(service.get, caller(), memory_id)
 
     @mcp.tool(annotations={"title": "Update a memory", "destructiveHint": True, "idempotentHint": True})
