@@ -73,8 +73,10 @@ def postgres_url(postgres_available: bool) -> Iterator[str]:
     name = f"memtest_{uuid.uuid4().hex[:12]}"
     with _pg_admin() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_url(_PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False
+    yield (
+        make_url(_PG_ADMIN_URL)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
     )
     with _pg_admin() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

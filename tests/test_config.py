@@ -105,17 +105,23 @@ def test_bad_client_names_are_refused(bad: str) -> None:
         validate_client_name(bad)
 
 
-def test_embedder_dimension_mismatch_fails_at_start_up(tmp_path: Path, embedder: FastEmbedEmbedder, model_dir: Path) -> None:
+def test_embedder_dimension_mismatch_fails_at_start_up(
+    tmp_path: Path, embedder: FastEmbedEmbedder, model_dir: Path
+) -> None:
     settings = load_settings(data_dir=tmp_path / "data", embedding_model_dir=model_dir)
     runtime = Runtime.build(settings, embedder=embedder)
     runtime.memories.add(Caller("default-user", "cli"), "a 384-dimension memory")
     runtime.close()
 
     other = load_settings(
-        data_dir=tmp_path / "data", embedder_provider="openai", embedding_dims=1536,
+        data_dir=tmp_path / "data",
+        embedder_provider="openai",
+        embedding_dims=1536,
         embedder_base_url="http://127.0.0.1:9/v1",
     )
-    with pytest.raises(ConfigurationError, match="holds 384-dimension vectors but the configured embedder makes 1536"):
+    with pytest.raises(
+        ConfigurationError, match="holds 384-dimension vectors but the configured embedder makes 1536"
+    ):
         Runtime.build(other)
     # the failed start released the embedded store: the original configuration opens again
     Runtime.build(settings, embedder=embedder).close()

@@ -1,4 +1,4 @@
-"""LLM fact extraction through mem0 and the real openai client, against a local fake OpenAI-compatible server."""
+"""LLM fact extraction through mem0 and the real openai client, against a local fake OpenAI server."""
 
 from __future__ import annotations
 
@@ -55,8 +55,10 @@ def test_infer_extracts_facts_through_the_llm(llm_runtime: Runtime, fake_llm: tu
     assert request["headers"]["authorization"] == "Bearer sk-test-not-real"
     assert request["body"]["model"] == "fake-extractor"
     assert "I work nights as a nurse" in str(request["body"]["messages"])
-    assert service.search(caller, "what is my job?", limit=1).results[0].text == "Works as a night-shift nurse"
-    assert service.list(caller).total == 2
+    assert (
+        service.search(caller, "what is my job?", limit=1).results[0].text == "Works as a night-shift nurse"
+    )
+    assert service.list_memories(caller).total == 2
     assert service.get(caller, result.results[0].id).metadata["source_text"].startswith("Hi! I'm Priya")
 
 
@@ -71,7 +73,7 @@ def test_repeated_facts_are_not_stored_twice(llm_runtime: Runtime) -> None:
     llm_runtime.memories.add(caller, "I'm Priya, a nurse")
     again = llm_runtime.memories.add(caller, "Priya here, still a nurse")
     assert {m.event for m in again.results} <= {"NONE"}
-    assert llm_runtime.memories.list(caller).total == 2
+    assert llm_runtime.memories.list_memories(caller).total == 2
 
 
 def test_llm_failure_is_a_clear_error_and_stores_nothing(
@@ -82,6 +84,6 @@ def test_llm_failure_is_a_clear_error_and_stores_nothing(
     caller = Caller("priya", "claude-desktop")
     with pytest.raises(Unavailable, match="LLM"):
         llm_runtime.memories.add(caller, "I'm Priya and I like climbing")
-    assert llm_runtime.memories.list(caller).total == 0
+    assert llm_runtime.memories.list_memories(caller).total == 0
     store = llm_runtime.pool.get(caller.user_id).store
     assert store.client.count(store.collection_name).count == 0

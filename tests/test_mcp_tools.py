@@ -15,7 +15,12 @@ from memory_server.runtime import Runtime
 from memory_server.services.memories import Caller
 
 TOOLS = {
-    "add_memories", "search_memory", "list_memories", "get_memory", "update_memory", "delete_memories",
+    "add_memories",
+    "search_memory",
+    "list_memories",
+    "get_memory",
+    "update_memory",
+    "delete_memories",
     "delete_all_memories",
 }
 
@@ -56,12 +61,19 @@ async def test_list_tools_schemas(client: Client[Any]) -> None:
     for tool in tools.values():
         assert tool.description and len(tool.description) > 30
         assert tool.output_schema is not None
-    assert tools["search_memory"].annotations is not None and tools["search_memory"].annotations.read_only_hint
-    assert tools["delete_all_memories"].annotations is not None and tools["delete_all_memories"].annotations.destructive_hint
+    assert (
+        tools["search_memory"].annotations is not None and tools["search_memory"].annotations.read_only_hint
+    )
+    assert (
+        tools["delete_all_memories"].annotations is not None
+        and tools["delete_all_memories"].annotations.destructive_hint
+    )
 
 
 async def test_tool_round_trip(client: Client[Any]) -> None:
-    added = await call(client, "add_memories", text="I am learning to play the banjo", metadata={"source": "chat"})
+    added = await call(
+        client, "add_memories", text="I am learning to play the banjo", metadata={"source": "chat"}
+    )
     memory = added["results"][0]
     assert memory["event"] == "ADD" and memory["app"] == "vscode" and memory["metadata"] == {"source": "chat"}
     await call(client, "add_memories", text="My daughter's birthday is on 4 July")
@@ -76,7 +88,9 @@ async def test_tool_round_trip(client: Client[Any]) -> None:
     got = await call(client, "get_memory", memory_id=memory["id"])
     assert got["text"] == "I am learning to play the banjo"
 
-    updated = await call(client, "update_memory", memory_id=memory["id"], text="I switched from banjo to ukulele")
+    updated = await call(
+        client, "update_memory", memory_id=memory["id"], text="I switched from banjo to ukulele"
+    )
     assert updated["text"] == "I switched from banjo to ukulele"
     top = await call(client, "search_memory", query="ukulele", limit=1)
     assert top["results"][0]["id"] == memory["id"]

@@ -39,9 +39,8 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
             return
         if not _is_local(address[0]):
             _outbound.append(f"connect {address!r}")
-    elif event == "socket.getaddrinfo":
-        if not _is_local(args[0]):
-            _outbound.append(f"resolve {args[0]!r}")
+    elif event == "socket.getaddrinfo" and not _is_local(args[0]):
+        _outbound.append(f"resolve {args[0]!r}")
 
 
 sys.addaudithook(_hook)
@@ -76,7 +75,7 @@ def test_start_and_full_cycle_make_no_outbound_connection(
         caller = Caller("offline-user", "claude-desktop")
         memory = service.add(caller, "I keep my notes in a paper notebook").results[0]
         assert service.search(caller, "where are my notes?", limit=1).results[0].id == memory.id
-        service.list(caller)
+        service.list_memories(caller)
         service.get(caller, memory.id)
         service.update(caller, memory.id, "I moved my notes to a text file")
         service.delete(caller, [memory.id])

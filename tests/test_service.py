@@ -36,10 +36,10 @@ def test_list_newest_first_with_total_and_paging(service: MemoryService, alice: 
     texts = [f"Note number {i}: the sky was a different colour {i}" for i in range(5)]
     ids = [service.add(alice, t, infer=False).results[0].id for t in texts]
 
-    page = service.list(alice, limit=2, offset=0)
+    page = service.list_memories(alice, limit=2, offset=0)
     assert page.total == 5
     assert [m.id for m in page.results] == ids[::-1][:2]
-    rest = service.list(alice, limit=10, offset=2)
+    rest = service.list_memories(alice, limit=10, offset=2)
     assert [m.id for m in rest.results] == ids[::-1][2:]
 
 
@@ -47,9 +47,11 @@ def test_get_and_access_logs_are_written(service: MemoryService, runtime: Runtim
     memory = service.add(alice, "I am allergic to peanuts").results[0]
     assert service.get(alice, memory.id).text == "I am allergic to peanuts"
     service.search(alice, "food allergy", limit=5)
-    service.list(alice)
+    service.list_memories(alice)
     with runtime.db.session() as session:
-        kinds = sorted(session.scalars(select(MemoryAccessLog.access_type).where(MemoryAccessLog.memory_id == memory.id)))
+        kinds = sorted(
+            session.scalars(select(MemoryAccessLog.access_type).where(MemoryAccessLog.memory_id == memory.id))
+        )
     assert kinds == ["get", "list", "search"]
 
 
@@ -79,7 +81,9 @@ def test_delete_removes_from_both_stores(service: MemoryService, runtime: Runtim
     with runtime.db.session() as session:
         row = session.get(Memory, gone.id)
         assert row is not None and row.state == "deleted" and row.deleted_at is not None
-        history = session.scalars(select(MemoryStatusHistory.new_state).where(MemoryStatusHistory.memory_id == gone.id))
+        history = session.scalars(
+            select(MemoryStatusHistory.new_state).where(MemoryStatusHistory.memory_id == gone.id)
+        )
         assert list(history) == ["active", "deleted"]
     assert [m.id for m in service.search(alice, "passport", limit=5).results] == [keep.id]
     with pytest.raises(NotFound):
@@ -88,19 +92,23 @@ def test_delete_removes_from_both_stores(service: MemoryService, runtime: Runtim
         service.delete(alice, [gone.id])
 
 
-def test_delete_all_only_touches_the_caller(service: MemoryService, runtime: Runtime, alice: Caller, bob: Caller) -> None:
+def test_delete_all_only_touches_the_caller(
+    service: MemoryService, runtime: Runtime, alice: Caller, bob: Caller
+) -> None:
     texts = ["I grow tomatoes on the balcony", "My sister lives in Oslo", "I run 5k every Sunday"]
     mine = [service.add(alice, t).results[0].id for t in texts]
     theirs = service.add(bob, "bob likes sailing").results[0].id
 
     assert sorted(service.delete_all(alice).deleted) == sorted(mine)
-    assert service.list(alice).total == 0
+    assert service.list_memories(alice).total == 0
     assert vector_ids(runtime, alice, mine) == set()
-    assert service.list(bob).results[0].id == theirs
+    assert service.list_memories(bob).results[0].id == theirs
     assert vector_ids(runtime, bob, [theirs]) == {theirs}
 
 
-def test_exact_and_near_duplicates_are_not_stored_twice(service: MemoryService, runtime: Runtime, alice: Caller) -> None:
+def test_exact_and_near_duplicates_are_not_stored_twice(
+    service: MemoryService, runtime: Runtime, alice: Caller
+) -> None:
     first = service.add(alice, "I drink my coffee black without sugar").results[0]
     again = service.add(alice, "  I drink my coffee black without sugar  ")
     assert again.results[0].id == first.id and again.results[0].event == "NONE"
@@ -109,7 +117,7 @@ def test_exact_and_near_duplicates_are_not_stored_twice(service: MemoryService, 
     assert near.results[0].score is not None and near.results[0].score >= 0.95
     different = service.add(alice, "I drink green tea in the afternoon")
     assert different.results[0].event == "ADD"
-    assert service.list(alice).total == 2
+    assert service.list_memories(alice).total == 2
     with runtime.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Memory)) == 2
 
@@ -124,7 +132,7 @@ def test_a_deleted_memory_can_be_added_again(service: MemoryService, alice: Call
 def test_two_users_are_isolated(service: MemoryService, runtime: Runtime, alice: Caller, bob: Caller) -> None:
     secret = service.add(alice, "My bank PIN hint is my first dog's name").results[0]
     assert service.search(bob, "bank PIN hint", limit=10).results == []
-    assert service.list(bob).total == 0
+    assert service.list_memories(bob).total == 0
     with pytest.raises(NotFound):
         service.get(bob, secret.id)
     with pytest.raises(NotFound):
@@ -148,24 +156,32 @@ def test_same_user_different_apps_share_memories(service: MemoryService, alice: 
 def test_a_paused_app_is_refused(service: MemoryService, runtime: Runtime, alice: Caller) -> None:
     service.add(alice, "I like hiking")
     with runtime.db.session() as session:
-        app = session.scalar(select(App).join(User).where(User.user_id == alice.user_id, App.name == alice.client_name))
+        app = session.scalar(
+            select(App).join(User).where(User.user_id == alice.user_id, App.name == alice.client_name)
+        )
         assert app is not None
         app.is_active = False
     for call in (
         lambda: service.add(alice, "something new"),
         lambda: service.search(alice, "hiking"),
-        lambda: service.list(alice),
+        lambda: service.list_memories(alice),
         lambda: service.delete_all(alice),
     ):
         with pytest.raises(Forbidden, match="paused"):
             call()
     # another app of the same user still works and sees the memory
-    assert service.list(Caller(alice.user_id, "cursor")).total == 1
+    assert service.list_memories(Caller(alice.user_id, "cursor")).total == 1
 
 
 @pytest.mark.parametrize(
     ("text_value", "error"),
-    [("", InvalidInput), ("   \n\t ", InvalidInput), ("a\x00b", InvalidInput), (None, InvalidInput), ("x" * 40_000, PayloadTooLarge)],
+    [
+        ("", InvalidInput),
+        ("   \n\t ", InvalidInput),
+        ("a\x00b", InvalidInput),
+        (None, InvalidInput),
+        ("x" * 40_000, PayloadTooLarge),
+    ],
 )
 def test_bad_text_is_refused_and_nothing_changes(
     service: MemoryService, alice: Caller, text_value: object, error: type[Exception]
@@ -173,7 +189,7 @@ def test_bad_text_is_refused_and_nothing_changes(
     service.add(alice, "an existing memory about kayaks")
     with pytest.raises(error):
         service.add(alice, text_value)
-    assert [m.text for m in service.list(alice).results] == ["an existing memory about kayaks"]
+    assert [m.text for m in service.list_memories(alice).results] == ["an existing memory about kayaks"]
 
 
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "", "../../etc/passwd", "1; DROP TABLE memories"])
@@ -185,13 +201,17 @@ def test_malformed_ids_are_clear_errors(service: MemoryService, alice: Caller, b
 
 
 @pytest.mark.parametrize(("limit", "offset"), [(0, 0), (-1, 0), (10**6, 0), (10, -1), ("10", 0)])
-def test_bad_limits_are_clear_errors(service: MemoryService, alice: Caller, limit: object, offset: object) -> None:
+def test_bad_limits_are_clear_errors(
+    service: MemoryService, alice: Caller, limit: object, offset: object
+) -> None:
     with pytest.raises(InvalidInput, match="limit|offset"):
-        service.list(alice, limit, offset)
+        service.list_memories(alice, limit, offset)
 
 
 def test_metadata_round_trips_and_bad_metadata_is_refused(service: MemoryService, alice: Caller) -> None:
-    memory = service.add(alice, "Standup is at 9:30", metadata={"source": "calendar", "tags": ["work"]}).results[0]
+    memory = service.add(
+        alice, "Standup is at 9:30", metadata={"source": "calendar", "tags": ["work"]}
+    ).results[0]
     assert service.get(alice, memory.id).metadata == {"source": "calendar", "tags": ["work"]}
     with pytest.raises(InvalidInput, match="metadata"):
         service.add(alice, "x", metadata=["not", "an", "object"])
@@ -203,38 +223,53 @@ def test_infer_without_an_llm_is_a_clear_error(service: MemoryService, alice: Ca
     assert not service.llm_enabled
     with pytest.raises(InvalidInput, match="needs an LLM"):
         service.add(alice, "I like jazz", infer=True)
-    assert service.list(alice).total == 0
+    assert service.list_memories(alice).total == 0
 
 
-def test_failed_sql_write_leaves_no_orphan_vector(service: MemoryService, runtime: Runtime, alice: Caller) -> None:
+def test_failed_sql_write_leaves_no_orphan_vector(
+    service: MemoryService, runtime: Runtime, alice: Caller
+) -> None:
     """A real database failure (a trigger rejecting inserts) must undo the vector write."""
     service.add(alice, "kept memory about chess openings")
     collection = runtime.pool.get(alice.user_id).store
     before = collection.client.count(collection.collection_name).count
     with runtime.db.engine.begin() as conn:
         if runtime.db.is_sqlite:
-            conn.execute(text(
-                "CREATE TRIGGER reject_memories BEFORE INSERT ON memories "
-                "BEGIN SELECT RAISE(ABORT, 'writes are failing'); END"
-            ))
+            conn.execute(
+                text(
+                    "CREATE TRIGGER reject_memories BEFORE INSERT ON memories "
+                    "BEGIN SELECT RAISE(ABORT, 'writes are failing'); END"
+                )
+            )
         else:
-            conn.execute(text(
-                "CREATE FUNCTION reject() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'writes are failing'; END $$ "
-                "LANGUAGE plpgsql"
-            ))
-            conn.execute(text("CREATE TRIGGER reject_memories BEFORE INSERT ON memories FOR EACH ROW EXECUTE FUNCTION reject()"))
+            conn.execute(
+                text(
+                    "CREATE FUNCTION reject() RETURNS trigger AS $$ "
+                    "BEGIN RAISE EXCEPTION 'writes are failing'; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER reject_memories BEFORE INSERT ON memories "
+                    "FOR EACH ROW EXECUTE FUNCTION reject()"
+                )
+            )
 
     with pytest.raises(Unavailable):
         service.add(alice, "this one cannot be stored: the database refuses it")
 
     assert collection.client.count(collection.collection_name).count == before
-    assert [m.text for m in service.list(alice).results] == ["kept memory about chess openings"]
+    assert [m.text for m in service.list_memories(alice).results] == ["kept memory about chess openings"]
 
 
-def test_concurrent_identical_adds_store_one_memory(service: MemoryService, runtime: Runtime, alice: Caller) -> None:
+def test_concurrent_identical_adds_store_one_memory(
+    service: MemoryService, runtime: Runtime, alice: Caller
+) -> None:
     service.add(alice, "warm-up so the user and app exist")
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda _: service.add(alice, "Our team offsite is in Porto in May"), range(4)))
+        results = list(
+            pool.map(lambda _: service.add(alice, "Our team offsite is in Porto in May"), range(4))
+        )
     ids = {r.results[0].id for r in results}
     assert len(ids) == 1
     assert sorted(r.results[0].event or "" for r in results).count("ADD") == 1

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -26,7 +25,7 @@ def _settings(**overrides: object) -> Settings:
         _fail(str(exc))
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"memory-server: {message}", err=True)
     raise typer.Exit(2)
 
@@ -39,7 +38,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Settings come from the environment and .env (see README: Configuration)."""
 
@@ -72,8 +73,12 @@ def serve(
 
 @app.command()
 def stdio(
-    user: Annotated[str | None, typer.Option(help="User whose memories this process serves (USER_ID).")] = None,
-    client: Annotated[str | None, typer.Option(help="Client (app) name, e.g. claude-desktop (DEFAULT_APP_ID).")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="User whose memories this process serves (USER_ID).")
+    ] = None,
+    client: Annotated[
+        str | None, typer.Option(help="Client (app) name, e.g. claude-desktop (DEFAULT_APP_ID).")
+    ] = None,
 ) -> None:
     """Serve MCP over stdio (for Claude Desktop and other local clients). Logs go to stderr."""
     import anyio
@@ -88,7 +93,10 @@ def stdio(
     settings = _settings()
     configure_logging(settings.log_level)
     try:
-        caller = Caller(validate_user_id(user or settings.user_id), validate_client_name(client or settings.default_app_id))
+        caller = Caller(
+            validate_user_id(user or settings.user_id),
+            validate_client_name(client or settings.default_app_id),
+        )
         runtime = Runtime.build(settings)
     except (ConfigurationError, MemoryServerError) as exc:
         _fail(str(exc))
@@ -142,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     search_min_score: float = Field(0.0, validation_alias=_env("SEARCH_MIN_SCORE"), ge=-1, le=1)
     memory_pool_size: int = Field(256, validation_alias=_env("MEMORY_POOL_SIZE"), ge=1)
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("LOG_LEVEL")
+    )
     host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
     port: int = Field(8765, validation_alias=_env("PORT"), ge=1, le=65535)
 
@@ -69,9 +71,20 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "database_url", "qdrant_url", "llm_provider", "llm_base_url", "llm_model", "embedder_provider",
-        "embedder_model", "embedder_base_url", "qdrant_api_key", "openai_api_key", "embedding_dims",
-        "embedding_model_dir", "config_file", mode="before",
+        "database_url",
+        "qdrant_url",
+        "llm_provider",
+        "llm_base_url",
+        "llm_model",
+        "embedder_provider",
+        "embedder_model",
+        "embedder_base_url",
+        "qdrant_api_key",
+        "openai_api_key",
+        "embedding_dims",
+        "embedding_model_dir",
+        "config_file",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -106,7 +119,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.qdrant_api_key is not None and self.qdrant_url is None:
-            raise ValueError("QDRANT_API_KEY is set but QDRANT_URL is not: set QDRANT_URL to your Qdrant server")
+            raise ValueError(
+                "QDRANT_API_KEY is set but QDRANT_URL is not: set QDRANT_URL to your Qdrant server"
+            )
         self.data_dir = self.data_dir.expanduser()
         return self
 
@@ -118,7 +133,7 @@ class Settings(BaseSettings):
         url = self.database_url
         for prefix in ("postgres://", "postgresql://"):
             if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix):]
+                return "postgresql+psycopg://" + url[len(prefix) :]
         return url
 
     @property
@@ -259,7 +274,9 @@ def load_providers(settings: Settings, environ: Mapping[str, str] | None = None)
         try:
             providers.embedder.config["embedding_dims"] = int(dims)
         except (TypeError, ValueError):
-            raise ConfigurationError(f"embedder.config.embedding_dims must be a number, got {dims!r}") from None
+            raise ConfigurationError(
+                f"embedder.config.embedding_dims must be a number, got {dims!r}"
+            ) from None
     if providers.vector_store.provider != "qdrant":
         raise ConfigurationError(
             f"vector_store.provider {providers.vector_store.provider!r} is not supported: use qdrant"

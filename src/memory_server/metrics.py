@@ -20,7 +20,10 @@ HTTP_REQUESTS = Counter(
     "memory_server_http_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
 )
 HTTP_LATENCY = Histogram(
-    "memory_server_http_request_duration_seconds", "HTTP request latency", ["method", "route"], buckets=_BUCKETS
+    "memory_server_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=_BUCKETS,
 )
 ERRORS = Counter("memory_server_errors_total", "Errors answered to clients, by kind", ["kind"])
 MEMORIES_ADDED = Counter("memory_server_memories_added_total", "Memories stored since start")
@@ -39,7 +42,9 @@ class StoredMemoriesCollector(Collector):
         yield family
 
 
-def register_stored_memories(count_by_state: Callable[[], dict[str, int]], registry: CollectorRegistry = REGISTRY) -> Callable[[], None]:
+def register_stored_memories(
+    count_by_state: Callable[[], dict[str, int]], registry: CollectorRegistry = REGISTRY
+) -> Callable[[], None]:
     """Register the stored-memories gauge; returns a function that unregisters it."""
     collector = StoredMemoriesCollector(count_by_state)
     registry.register(collector)

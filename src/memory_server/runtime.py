@@ -28,7 +28,9 @@ class Runtime:
     memories: MemoryService
 
     @classmethod
-    def build(cls, settings: Settings, embedder: Embedder | None = None, run_migrations: bool = True) -> Runtime:
+    def build(
+        cls, settings: Settings, embedder: Embedder | None = None, run_migrations: bool = True
+    ) -> Runtime:
         """Connect, migrate and check everything; raise ``ConfigurationError`` with advice if wrong.
 
         ``embedder`` lets tests share one loaded model across many runtimes.
@@ -41,7 +43,10 @@ class Runtime:
                 migrate(db.engine)
             if embedder is None:
                 embedder = create_embedder(
-                    providers.embedder.provider, providers.embedder.config, settings.model_dir, settings.embedding_threads
+                    providers.embedder.provider,
+                    providers.embedder.config,
+                    settings.model_dir,
+                    settings.embedding_threads,
                 )
             store_config = providers.vector_store.config
             vectors = VectorStore(
@@ -56,7 +61,11 @@ class Runtime:
         try:
             vectors.check_dimensions(settings.user_id)
             pool = MemoryPool(
-                providers, embedder, vectors, settings.data_dir / "mem0" / "history.db", settings.memory_pool_size
+                providers,
+                embedder,
+                vectors,
+                settings.data_dir / "mem0" / "history.db",
+                settings.memory_pool_size,
             )
         except BaseException:
             vectors.close()

@@ -21,7 +21,9 @@ class MemoryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     score: float | None = Field(None, description="similarity to the query (search only), higher is closer")
-    event: Event | None = Field(None, description="ADD: stored now; NONE: an equal or near-equal memory existed")
+    event: Event | None = Field(
+        None, description="ADD: stored now; NONE: an equal or near-equal memory existed"
+    )
 
 
 class AddResult(BaseModel):

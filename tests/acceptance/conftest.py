@@ -161,7 +161,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, acceptance_model_dir: Path)
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"memory-server serve did not become healthy in {STARTUP_TIMEOUT_S:.0f} s:\n{_tail(log_path)}"
+                    f"memory-server serve was not healthy after {STARTUP_TIMEOUT_S:.0f} s:\n{_tail(log_path)}"
                 )
             time.sleep(0.2)
         yield Server(base_url=base_url, data_dir=data_dir, log_path=log_path, process=process)

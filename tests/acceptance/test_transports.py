@@ -317,45 +317,52 @@ async def test_sse_session_cannot_be_replayed_on_another_path(
     async with sdk(server, "acc-pin-sse", user_id) as alice:
         original = await add(alice, FACT, "acc-pin-sse")
 
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
-        async with http.stream("GET", f"/mcp/acc-pin-sse/sse/{user_id}") as stream:
-            assert stream.status_code == 200
-            lines = stream.aiter_lines()
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=30) as http,
+        http.stream("GET", f"/mcp/acc-pin-sse/sse/{user_id}") as stream,
+    ):
+        assert stream.status_code == 200
+        lines = stream.aiter_lines()
+        seen_ids: list[Any] = []
 
-            async def next_data(event_id: int | None = None) -> str:
-                with anyio.fail_after(30):
-                    async for line in lines:
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if event_id is None or json.loads(data).get("id") == event_id:
-                            return data
-                raise AssertionError("SSE stream ended")
+        async def next_data(event_id: int | None = None) -> str:
+            with anyio.fail_after(30):
+                async for line in lines:
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if event_id is None:
+                        return data
+                    seen_ids.append(json.loads(data).get("id"))
+                    if seen_ids[-1] == event_id:
+                        return data
+            raise AssertionError("SSE stream ended")
 
-            endpoint = await next_data()
-            own_prefix = f"/mcp/acc-pin-sse/sse/{user_id}/messages/"
-            assert endpoint.startswith(own_prefix + "?session_id="), endpoint
-            assert (await http.post(endpoint, json=INITIALIZE)).status_code == 202
-            assert "result" in json.loads(await next_data(1))
-            assert (await http.post(endpoint, json=INITIALIZED)).status_code == 202
+        endpoint = await next_data()
+        own_prefix = f"/mcp/acc-pin-sse/sse/{user_id}/messages/"
+        assert endpoint.startswith(own_prefix + "?session_id="), endpoint
+        assert (await http.post(endpoint, json=INITIALIZE)).status_code == 202
+        assert "result" in json.loads(await next_data(1))
+        assert (await http.post(endpoint, json=INITIALIZED)).status_code == 202
 
-            query = endpoint[len(own_prefix) :]
-            foreign = [
-                f"/mcp/acc-pin-sse/sse/{other_user_id}/messages/{query}",
-                f"/mcp/acc-pin-sse-other/sse/{user_id}/messages/{query}",
-            ]
-            for n, path in enumerate(foreign):
-                response = await http.post(path, json=rpc_call(10 + n, "list_memories", {}))
-                assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
-                replay = rpc_call(20 + n, "add_memories", {"text": f"Replayed SSE write number {n}."})
-                response = await http.post(path, json=replay)
-                assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
+        query = endpoint[len(own_prefix) :]
+        foreign = [
+            f"/mcp/acc-pin-sse/sse/{other_user_id}/messages/{query}",
+            f"/mcp/acc-pin-sse-other/sse/{user_id}/messages/{query}",
+        ]
+        for n, path in enumerate(foreign):
+            response = await http.post(path, json=rpc_call(10 + n, "list_memories", {}))
+            assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
+            replay = rpc_call(20 + n, "add_memories", {"text": f"Replayed SSE write number {n}."})
+            response = await http.post(path, json=replay)
+            assert 400 <= response.status_code < 500, (path, response.status_code, response.text)
 
-            # The session still serves its own user on its own path.
-            assert (await http.post(endpoint, json=rpc_call(3, "list_memories", {}))).status_code == 202
-            answer = json.loads(await next_data(3))
-            page = answer["result"]["structuredContent"]
-            assert [(m["id"], m["text"]) for m in page["results"]] == [(original["id"], FACT)]
+        # The session still serves its own user on its own path.
+        assert (await http.post(endpoint, json=rpc_call(3, "list_memories", {}))).status_code == 202
+        answer = json.loads(await next_data(3))
+        assert seen_ids[-1] == 3 and set(seen_ids) <= {1, 3}, f"replayed requests were answered: {seen_ids}"
+        page = answer["result"]["structuredContent"]
+        assert [(m["id"], m["text"]) for m in page["results"]] == [(original["id"], FACT)]
 
     async with sdk(server, "acc-pin-sse", other_user_id) as bob:
         assert (await listing(bob))["total"] == 0
@@ -391,6 +398,20 @@ def test_invalid_path_parameters_are_rejected_with_400(
         assert body["error"]["code"] == "invalid_input"
         field = "client name" if "@" in client_name else "user id"
         assert field in body["error"]["message"]
+
+
+async def test_unusual_valid_user_ids_work_and_stay_apart(server: Server) -> None:
+    tag = uuid.uuid4().hex[:8]
+    users = [f"Mixed.Case+{tag}@Example.com", f"mixed.case+{tag}@example.com", f"{tag}{'x' * 120}"]
+    assert len(users[2]) == 128
+    ids = {}
+    for user in users:
+        async with sdk(server, "acc-ids", user, "sse") as client:
+            ids[user] = (await add(client, f"The favourite tea of {user} is smoky lapsang.", "acc-ids"))["id"]
+    for user in users:
+        async with sdk(server, "acc-ids", user) as client:
+            page = await listing(client)
+            assert [m["id"] for m in page["results"]] == [ids[user]], f"{user} sees {page}"
 
 
 # ------------------------------------------------------------------ 5. errors are clear, internals masked

@@ -22,7 +22,9 @@ def free_port() -> int:
 def serve_in_thread(app: ASGIApp) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1; yields its base URL, stops it on exit."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -23,7 +23,9 @@ def current_caller() -> Caller:
     except RuntimeError:
         caller = PROCESS_IDENTITY.get()
         if caller is None:
-            raise ToolError("this MCP connection has no user: connect through /mcp/{client}/{transport}/{user}") from None
+            raise ToolError(
+                "this MCP connection has no user: connect through /mcp/{client}/{transport}/{user}"
+            ) from None
         return caller
     token = get_access_token()
     claims = getattr(token, "claims", None) or {}

@@ -78,14 +78,19 @@ def build_mcp(service: MemoryService) -> FastMCP:
 
     @mcp.tool(annotations={"title": "Add memories", "destructiveHint": False})
     async def add_memories(
-        text: Annotated[str, Field(description="What to remember, in plain words (one fact or a short passage).")],
+        text: Annotated[
+            str, Field(description="What to remember, in plain words (one fact or a short passage).")
+        ],
         infer: Annotated[
             bool | None,
-            Field(description="true: let the LLM extract separate facts; false: store the text as given. "
-                  "Default: true when an LLM is configured, else false."),
+            Field(
+                description="true: let the LLM extract separate facts; false: store the text as given. "
+                "Default: true when an LLM is configured, else false."
+            ),
         ] = None,
         metadata: Annotated[
-            dict[str, Any] | None, Field(description="Optional JSON object stored with the memory (e.g. a source).")
+            dict[str, Any] | None,
+            Field(description="Optional JSON object stored with the memory (e.g. a source)."),
         ] = None,
     ) -> AddResult:
         """Store something the user wants remembered across conversations.
@@ -109,11 +114,13 @@ def build_mcp(service: MemoryService) -> FastMCP:
         offset: Annotated[int, Field(ge=0, description="How many of the newest memories to skip.")] = 0,
     ) -> MemoryPage:
         """List the user's memories, newest first, with the total count for paging."""
-        return await _call(service.list, caller(), limit, offset)
+        return await _call(service.list_memories, caller(), limit, offset)
 
     @mcp.tool(annotations={"title": "Get a memory", "readOnlyHint": True})
     async def get_memory(
-        memory_id: Annotated[str, Field(description="The id of a memory (a UUID from another tool's result).")],
+        memory_id: Annotated[
+            str, Field(description="The id of a memory (a UUID from another tool's result).")
+        ],
     ) -> MemoryOut:
         """Fetch one memory by its id: text, app, state, metadata and timestamps."""
         return await _call(service.get, caller(), memory_id)
@@ -129,7 +136,8 @@ def build_mcp(service: MemoryService) -> FastMCP:
     @mcp.tool(annotations={"title": "Delete memories", "destructiveHint": True, "idempotentHint": True})
     async def delete_memories(
         memory_ids: Annotated[
-            list[str], Field(min_length=1, max_length=MAX_DELETE_IDS, description="Ids of the memories to delete.")
+            list[str],
+            Field(min_length=1, max_length=MAX_DELETE_IDS, description="Ids of the memories to delete."),
         ],
     ) -> DeleteResult:
         """Delete memories by id. Ids that are unknown (or not this user's) come back in not_found."""

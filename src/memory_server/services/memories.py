@@ -134,7 +134,9 @@ class MemoryService:
                         session.add(user)
                         session.flush()
                         user_pk = user.id
-                    app = session.scalar(select(App).where(App.owner_id == user_pk, App.name == caller.client_name))
+                    app = session.scalar(
+                        select(App).where(App.owner_id == user_pk, App.name == caller.client_name)
+                    )
                     if app is None:
                         app = App(owner_id=user_pk, name=caller.client_name)
                         session.add(app)
@@ -171,7 +173,9 @@ class MemoryService:
         try:
             encoded = json.dumps(metadata, allow_nan=False)
         except (TypeError, ValueError):
-            raise InvalidInput("metadata must contain only JSON values (strings, numbers, booleans, null, lists, objects)") from None
+            raise InvalidInput(
+                "metadata must contain only JSON values (strings, numbers, booleans, null, lists, objects)"
+            ) from None
         if "\\u0000" in encoded:
             raise InvalidInput("metadata must not contain NUL characters")
         if len(encoded.encode()) > MAX_METADATA_BYTES:
@@ -213,7 +217,9 @@ class MemoryService:
             event=event,
         )
 
-    def _rows_with_app(self, session: Session, actor: _Actor, ids: Iterable[str], active_only: bool) -> dict[str, tuple[Memory, str]]:
+    def _rows_with_app(
+        self, session: Session, actor: _Actor, ids: Iterable[str], active_only: bool
+    ) -> dict[str, tuple[Memory, str]]:
         query = (
             select(Memory, App.name)
             .join(App, App.id == Memory.app_id)
@@ -225,15 +231,28 @@ class MemoryService:
             query = query.where(Memory.state != MemoryState.deleted.value)
         return {row.id: (row, name) for row, name in session.execute(query).all()}
 
-    def _log_access(self, session: Session, actor: _Actor, memory_ids: Sequence[str], access_type: str, meta: dict[str, Any]) -> None:
+    def _log_access(
+        self,
+        session: Session,
+        actor: _Actor,
+        memory_ids: Sequence[str],
+        access_type: str,
+        meta: dict[str, Any],
+    ) -> None:
         if not memory_ids:
             return
         now = self.clock()
         session.execute(
             insert(MemoryAccessLog),
             [
-                {"id": new_id(), "memory_id": mid, "app_id": actor.app_pk, "access_type": access_type,
-                 "accessed_at": now, "metadata_": meta}
+                {
+                    "id": new_id(),
+                    "memory_id": mid,
+                    "app_id": actor.app_pk,
+                    "access_type": access_type,
+                    "accessed_at": now,
+                    "metadata_": meta,
+                }
                 for mid in memory_ids
             ],
         )
@@ -250,10 +269,16 @@ class MemoryService:
         ).first()
         return (row[0], row[1]) if row else None
 
-    def _near_duplicate(self, memory: UserMemory, actor: _Actor, text: str) -> tuple[Memory, str, float] | None:
+    def _near_duplicate(
+        self, memory: UserMemory, actor: _Actor, text: str
+    ) -> tuple[Memory, str, float] | None:
         vector = self.pool.embedder.embed(text)
         hits = memory.store.search(query=text, vectors=vector, top_k=5, filters={"user_id": actor.user_id})
-        close = {str(h.id): float(h.score) for h in hits if h.score is not None and h.score >= self.limits.duplicate_threshold}
+        close = {
+            str(h.id): float(h.score)
+            for h in hits
+            if h.score is not None and h.score >= self.limits.duplicate_threshold
+        }
         if not close:
             return None
         with self.db.session() as session:
@@ -287,7 +312,9 @@ class MemoryService:
         with self.db.session() as session:
             existing = self._existing_live(session, actor, digest)
         if existing is not None:
-            return AddResult(results=[self._out(*existing, event="NONE")], message="this memory was already stored")
+            return AddResult(
+                results=[self._out(*existing, event="NONE")], message="this memory was already stored"
+            )
         memory = self._memory(actor)
         try:
             near = self._near_duplicate(memory, actor, text)
@@ -315,13 +342,22 @@ class MemoryService:
             added = memory.add(text, user_id=actor.user_id, metadata={"app_id": actor.app_pk}, infer=True)
         except Exception as exc:
             log.warning("LLM extraction failed: %s", type(exc).__name__)
-            raise Unavailable("the LLM could not extract memories from this text; nothing was stored") from exc
+            raise Unavailable(
+                "the LLM could not extract memories from this text; nothing was stored"
+            ) from exc
         facts = [(r["id"], r["memory"]) for r in added["results"] if r.get("event") == "ADD"]
         if not facts:
             return AddResult(results=[], message="the LLM found nothing new worth remembering in this text")
-        return self._persist(actor, memory, facts, {**meta, "source_text": text[:2000]} if meta else {"source_text": text[:2000]})
+        return self._persist(
+            actor,
+            memory,
+            facts,
+            {**meta, "source_text": text[:2000]} if meta else {"source_text": text[:2000]},
+        )
 
-    def _persist(self, actor: _Actor, memory: UserMemory, items: list[tuple[str, str]], meta: dict[str, Any]) -> AddResult:
+    def _persist(
+        self, actor: _Actor, memory: UserMemory, items: list[tuple[str, str]], meta: dict[str, Any]
+    ) -> AddResult:
         """Write SQL rows for vectors just stored; undo the vectors if SQL fails."""
         results: list[MemoryOut] = []
         stale_vectors: list[str] = []
@@ -330,17 +366,28 @@ class MemoryService:
                 digest = content_hash(text)
                 now = self.clock()
                 row = Memory(
-                    id=memory_id, user_id=actor.user_pk, app_id=actor.app_pk, content=text,
-                    content_hash=digest, state=MemoryState.active.value, metadata_=meta,
-                    created_at=now, updated_at=now,
+                    id=memory_id,
+                    user_id=actor.user_pk,
+                    app_id=actor.app_pk,
+                    content=text,
+                    content_hash=digest,
+                    state=MemoryState.active.value,
+                    metadata_=meta,
+                    created_at=now,
+                    updated_at=now,
                 )
                 try:
                     with self.db.session() as session:
                         session.add(row)
-                        session.add(MemoryStatusHistory(
-                            memory_id=memory_id, changed_by=actor.app_pk, old_state=None,
-                            new_state=MemoryState.active.value, changed_at=now,
-                        ))
+                        session.add(
+                            MemoryStatusHistory(
+                                memory_id=memory_id,
+                                changed_by=actor.app_pk,
+                                old_state=None,
+                                new_state=MemoryState.active.value,
+                                changed_at=now,
+                            )
+                        )
                 except IntegrityError as exc:
                     # The same text was stored concurrently (or the LLM repeated a stored fact).
                     stale_vectors.append(memory_id)
@@ -382,7 +429,10 @@ class MemoryService:
         while True:
             try:
                 hits = memory.search(
-                    clean, filters={"user_id": actor.user_id}, top_k=fetch, threshold=self.limits.search_min_score
+                    clean,
+                    filters={"user_id": actor.user_id},
+                    top_k=fetch,
+                    threshold=self.limits.search_min_score,
                 )["results"]
             except Exception as exc:
                 log.exception("vector search failed")
@@ -397,7 +447,7 @@ class MemoryService:
             fetch = min(fetch * 4, _MAX_SEARCH_FETCH)  # inactive memories crowded the top: look further
         return SearchResult(results=[self._out(*rows[mid], score=scores[mid]) for mid in ranked])
 
-    def list(self, caller: Caller, limit: Any = 50, offset: Any = 0) -> MemoryPage:
+    def list_memories(self, caller: Caller, limit: Any = 50, offset: Any = 0) -> MemoryPage:
         """The caller's active memories, newest first."""
         actor = self._actor(caller)
         limit = self._check_limit(limit, "limit", 1, MAX_LIST_LIMIT)
@@ -414,7 +464,9 @@ class MemoryService:
                 .offset(offset)
             ).all()
             self._log_access(session, actor, [r.id for r, _ in rows], "list", {})
-        return MemoryPage(results=[self._out(r, name) for r, name in rows], total=total, limit=limit, offset=offset)
+        return MemoryPage(
+            results=[self._out(r, name) for r, name in rows], total=total, limit=limit, offset=offset
+        )
 
     def get(self, caller: Caller, memory_id: Any) -> MemoryOut:
         """One of the caller's memories (any state but deleted)."""
@@ -442,7 +494,9 @@ class MemoryService:
                 return self._out(row, app_name)
             clash = self._existing_live(session, actor, digest)
         if clash is not None:
-            raise InvalidInput(f"another memory ({clash[0].id}) already has exactly this text; delete one of them instead")
+            raise InvalidInput(
+                f"another memory ({clash[0].id}) already has exactly this text; delete one of them instead"
+            )
         old_text = row.content
         memory = self._memory(actor)
         try:
@@ -458,7 +512,11 @@ class MemoryService:
                 now = self.clock()
                 result = session.execute(
                     update(Memory)
-                    .where(Memory.id == mid, Memory.user_id == actor.user_pk, Memory.state != MemoryState.deleted.value)
+                    .where(
+                        Memory.id == mid,
+                        Memory.user_id == actor.user_pk,
+                        Memory.state != MemoryState.deleted.value,
+                    )
                     .values(content=clean, content_hash=digest, updated_at=now)
                 )
                 if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -488,7 +546,9 @@ class MemoryService:
                 found.extend(
                     session.scalars(
                         select(Memory.id).where(
-                            Memory.user_id == actor.user_pk, Memory.id.in_(chunk), Memory.state != MemoryState.deleted.value
+                            Memory.user_id == actor.user_pk,
+                            Memory.id.in_(chunk),
+                            Memory.state != MemoryState.deleted.value,
                         )
                     )
                 )
@@ -505,7 +565,9 @@ class MemoryService:
         with self.db.session() as session:
             found = list(
                 session.scalars(
-                    select(Memory.id).where(Memory.user_id == actor.user_pk, Memory.state != MemoryState.deleted.value)
+                    select(Memory.id).where(
+                        Memory.user_id == actor.user_pk, Memory.state != MemoryState.deleted.value
+                    )
                 )
             )
             self._mark_deleted(session, actor, found)
@@ -530,8 +592,14 @@ class MemoryService:
             session.execute(
                 insert(MemoryStatusHistory),
                 [
-                    {"id": new_id(), "memory_id": mid, "changed_by": actor.app_pk, "old_state": old_states.get(mid),
-                     "new_state": MemoryState.deleted.value, "changed_at": now}
+                    {
+                        "id": new_id(),
+                        "memory_id": mid,
+                        "changed_by": actor.app_pk,
+                        "old_state": old_states.get(mid),
+                        "new_state": MemoryState.deleted.value,
+                        "changed_at": now,
+                    }
                     for mid in chunk
                 ],
             )
@@ -540,7 +608,10 @@ class MemoryService:
         """Memories per state across all users (for metrics)."""
         try:
             with self.db.session() as session:
-                return {state: n for state, n in session.execute(select(Memory.state, func.count()).group_by(Memory.state))}
+                return {
+                    state: n
+                    for state, n in session.execute(select(Memory.state, func.count()).group_by(Memory.state))
+                }
         except (Unavailable, OperationalError):
             return {}
 

@@ -165,7 +165,8 @@ class OpenAIEmbedder:
         vectors = [list(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
         if vectors and len(vectors[0]) != self.dims:
             raise ConfigurationError(
-                f"embedder {self.name} returned {len(vectors[0])} dimensions but EMBEDDING_DIMS is {self.dims}"
+                f"embedder {self.name} returned {len(vectors[0])} dimensions "
+                f"but EMBEDDING_DIMS is {self.dims}"
             )
         return vectors
 
@@ -183,4 +184,6 @@ def create_embedder(provider: str, config: dict[str, Any], model_dir: Path, thre
     if provider == "openai":
         return OpenAIEmbedder(config)
     provision_minilm(model_dir)
-    return FastEmbedEmbedder(model_dir, str(config.get("model") or "sentence-transformers/all-MiniLM-L6-v2"), threads)
+    return FastEmbedEmbedder(
+        model_dir, str(config.get("model") or "sentence-transformers/all-MiniLM-L6-v2"), threads
+    )

@@ -32,7 +32,10 @@ spacy_models._load_failed_full = True
 spacy_models._load_failed_lemma = True
 
 # Never called: mem0 insists on an LLM client even when inference is off.
-_NO_LLM = {"provider": "openai", "config": {"api_key": "inference-disabled", "openai_base_url": "http://127.0.0.1:9/v1"}}
+_NO_LLM = {
+    "provider": "openai",
+    "config": {"api_key": "inference-disabled", "openai_base_url": "http://127.0.0.1:9/v1"},
+}
 
 
 class Mem0Embedder(EmbeddingBase):  # type: ignore[misc]
@@ -54,7 +57,12 @@ class UserMemory(Memory):  # type: ignore[misc]
     """mem0's ``Memory`` bound to one user's collection, built from shared parts."""
 
     def __init__(
-        self, config: MemoryConfig, embedder: Mem0Embedder, store: UserCollection, llm: Any, history: SQLiteManager
+        self,
+        config: MemoryConfig,
+        embedder: Mem0Embedder,
+        store: UserCollection,
+        llm: Any,
+        history: SQLiteManager,
     ) -> None:
         # Same attributes as Memory.__init__, without building a second copy of each part.
         self.config = config
@@ -70,21 +78,29 @@ class UserMemory(Memory):  # type: ignore[misc]
 
     @property
     def store(self) -> UserCollection:
-        return self.vector_store  # type: ignore[no-any-return]
+        store: UserCollection = self.vector_store
+        return store
 
 
 class MemoryPool:
     """A bounded LRU pool of per-user ``UserMemory`` objects."""
 
     def __init__(
-        self, providers: ProvidersConfig, embedder: Embedder, vectors: VectorStore, history_path: Path, size: int
+        self,
+        providers: ProvidersConfig,
+        embedder: Embedder,
+        vectors: VectorStore,
+        history_path: Path,
+        size: int,
     ) -> None:
         self.providers = providers
         self.llm_enabled = providers.llm_enabled
         self.embedder = Mem0Embedder(embedder)
         self.vectors = vectors
-        llm_section = (
-            {"provider": providers.llm.provider, "config": providers.llm.config} if self.llm_enabled else _NO_LLM
+        llm_section: dict[str, Any] = (
+            {"provider": providers.llm.provider, "config": providers.llm.config}
+            if self.llm_enabled
+            else _NO_LLM
         )
         if llm_section["provider"] == "openai" and not llm_section["config"].get("api_key"):
             # OpenAI-compatible servers such as Ollama or vLLM take any key.

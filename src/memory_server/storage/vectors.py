@@ -55,7 +55,9 @@ class UserCollection(Qdrant):  # type: ignore[misc]
     def _get_bm25_encoder(self) -> None:
         return None
 
-    def create_col(self, vector_size: int, on_disk: bool, distance: models.Distance = models.Distance.COSINE) -> None:
+    def create_col(
+        self, vector_size: int, on_disk: bool, distance: models.Distance = models.Distance.COSINE
+    ) -> None:
         if self.client.collection_exists(self.collection_name):
             existing = _vector_size(self.client.get_collection(self.collection_name))
             if existing is not None and existing != vector_size:
@@ -90,7 +92,10 @@ class UserCollection(Qdrant):  # type: ignore[misc]
         """Fetch several points in one call."""
         return list(
             self.client.retrieve(
-                collection_name=self.collection_name, ids=list(ids), with_payload=True, with_vectors=with_vectors
+                collection_name=self.collection_name,
+                ids=list(ids),
+                with_payload=True,
+                with_vectors=with_vectors,
             )
         )
 
@@ -118,7 +123,9 @@ def dimension_mismatch(name: str, existing: int, wanted: int) -> str:
 class VectorStore:
     """The one Qdrant client of the process, and per-user collections on it."""
 
-    def __init__(self, dims: int, path: Path | None = None, url: str | None = None, api_key: str | None = None):
+    def __init__(
+        self, dims: int, path: Path | None = None, url: str | None = None, api_key: str | None = None
+    ):
         self.dims = dims
         self.is_local = url is None
         try:

