@@ -87,3 +87,31 @@ def test_llm_failure_is_a_clear_error_and_stores_nothing(
     assert llm_runtime.memories.list_memories(caller).total == 0
     store = llm_runtime.pool.get(caller.user_id).store
     assert store.client.count(store.collection_name).count == 0
+
+
+def test_openai_compatible_embedder(tmp_path: Path, fake_llm: tuple[FakeOpenAI, str]) -> None:
+    """EMBEDDER_PROVIDER=openai sends texts to the configured endpoint; no local model is loaded."""
+    fake, url = fake_llm
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        embedder_provider="openai",
+        embedder_model="fake-embedding",
+        embedding_dims=64,
+        embedder_base_url=f"{url}/v1",
+        openai_api_key="sk-embed",
+        llm_provider="none",
+    )
+    runtime = Runtime.build(settings)
+    try:
+        caller = Caller("emb-user", "cursor")
+        service = runtime.memories
+        assert not service.llm_enabled and runtime.embedder.dims == 64
+        keep = service.add(caller, "the blue kayak is in the garage").results[0]
+        service.add(caller, "dinner with Sam on Thursday")
+        assert service.search(caller, "where is the kayak", limit=1).results[0].id == keep.id
+        paths = {r["path"] for r in fake.requests}
+        assert paths == {"/v1/embeddings"}
+        assert all(r["body"]["model"] == "fake-embedding" for r in fake.requests)
+        assert not (tmp_path / "data" / "models").exists()
+    finally:
+        runtime.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ class FakeOpenAI:
     reply: Callable[[list[dict[str, Any]]], str]
     requests: list[dict[str, Any]] = field(default_factory=list)
     fail_with: int | None = None
+    embedding_dims: int = 64
 
     def app(self) -> Starlette:
         async def chat(request: Request) -> JSONResponse:
@@ -50,7 +53,40 @@ class FakeOpenAI:
                 }
             )
 
-        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+        async def embeddings(request: Request) -> JSONResponse:
+            body = await request.json()
+            self.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            dims = int(body.get("dimensions") or self.embedding_dims)
+            data = [
+                {"object": "embedding", "index": i, "embedding": bag_of_words_vector(t, dims)}
+                for i, t in enumerate(texts)
+            ]
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                }
+            )
+
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", chat, methods=["POST"]),
+                Route("/v1/embeddings", embeddings, methods=["POST"]),
+            ]
+        )
+
+
+def bag_of_words_vector(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector: texts sharing words point the same way."""
+    vector = [0.0] * dims
+    for word in text.lower().split():
+        word = word.strip(".,!?")
+        vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % dims] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
 
 
 def facts_reply(*facts: str) -> Callable[[list[dict[str, Any]]], str]:
