@@ -125,3 +125,21 @@ def test_embedder_dimension_mismatch_fails_at_start_up(
         Runtime.build(other)
     # the failed start released the embedded store: the original configuration opens again
     Runtime.build(settings, embedder=embedder).close()
+
+
+def test_concurrent_migrations_on_one_database(database_url: str) -> None:
+    """Replicas starting together all migrate the same database without error."""
+    import concurrent.futures
+
+    from sqlalchemy import inspect
+
+    from memory_server.storage.database import make_engine, migrate
+
+    engines = [make_engine(database_url) for _ in range(3)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            list(pool.map(migrate, engines))
+        assert {"memories", "users", "apps", "alembic_version"} <= set(inspect(engines[0]).get_table_names())
+    finally:
+        for engine in engines:
+            engine.dispose()

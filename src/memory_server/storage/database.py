@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -62,11 +63,26 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# pg_advisory_xact_lock key held while migrating, so replicas starting together take turns.
+MIGRATION_LOCK_KEY = 0x6D656D6F7279  # "memory"
+
+
 def migrate(engine: Engine) -> None:
-    """Upgrade the database to the newest schema (``alembic upgrade head``)."""
+    """Upgrade the database to the newest schema (``alembic upgrade head``).
+
+    On PostgreSQL a transaction-scoped advisory lock serialises replicas that start at
+    the same moment: the first migrates, the others wait and then find nothing to do.
+    On SQLite a lock file beside the database does the same for local processes.
+    """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    database = engine.url.database
+    lock: AbstractContextManager[object] = nullcontext()
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        lock = FileLock(f"{Path(database).expanduser()}.migrate.lock", timeout=60)
     try:
-        with engine.begin() as connection:
+        with lock, engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     except OperationalError as exc:
