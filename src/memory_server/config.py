@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     duplicate_threshold: float = Field(0.95, validation_alias=_env("DUPLICATE_THRESHOLD"), gt=0, le=1)
     search_min_score: float = Field(0.0, validation_alias=_env("SEARCH_MIN_SCORE"), ge=-1, le=1)
     memory_pool_size: int = Field(256, validation_alias=_env("MEMORY_POOL_SIZE"), ge=1)
+    max_request_bytes: int = Field(1_048_576, validation_alias=_env("MAX_REQUEST_BYTES"), ge=1024)
+
+    short_term_ttl_days: float = Field(7, validation_alias=_env("SHORT_TERM_TTL_DAYS"), gt=0)
+    maintenance_interval_minutes: float = Field(
+        60, validation_alias=_env("MAINTENANCE_INTERVAL_MINUTES"), ge=0
+    )
+    archive_after_days: float = Field(30, validation_alias=_env("ARCHIVE_AFTER_DAYS"), gt=0)
+    archive_max_importance: float = Field(0.3, validation_alias=_env("ARCHIVE_MAX_IMPORTANCE"), ge=0, le=1)
+    archive_max_access_count: int = Field(2, validation_alias=_env("ARCHIVE_MAX_ACCESS_COUNT"), ge=0)
+    promote_access_count: int = Field(5, validation_alias=_env("PROMOTE_ACCESS_COUNT"), ge=1)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=_env("LOG_LEVEL")

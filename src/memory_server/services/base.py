@@ -12,10 +12,10 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,15 +27,20 @@ from memory_server.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from memory_server.events import emit
 from memory_server.identity import validate_client_name, validate_user_id
 from memory_server.schemas import Event, MemoryOut
 from memory_server.storage.database import Database
 from memory_server.storage.mem0_pool import MemoryPool, UserMemory
 from memory_server.storage.models import (
     App,
+    Category,
     Memory,
     MemoryAccessLog,
+    MemoryCategory,
     MemoryState,
+    MemoryStatusHistory,
+    MemoryType,
     User,
     new_id,
     utcnow,
@@ -57,6 +62,9 @@ class Caller:
 
     user_id: str
     client_name: str
+    # MCP clients are refused while their app is paused; the user's own REST and CLI
+    # calls, which name an app only to attribute new memories, are not.
+    enforce_app_state: bool = True
 
     def __post_init__(self) -> None:
         validate_user_id(self.user_id)
@@ -78,6 +86,7 @@ class Limits:
     max_memory_bytes: int = 32_768
     duplicate_threshold: float = 0.95
     search_min_score: float = 0.0
+    short_term_ttl: timedelta = timedelta(days=7)
 
 
 def content_hash(text: str) -> str:
@@ -89,12 +98,19 @@ class ServiceBase:
     """Shared state and helpers of the services; each call is scoped to one user."""
 
     def __init__(
-        self, db: Database, pool: MemoryPool, limits: Limits, clock: Callable[[], datetime] = utcnow
+        self,
+        db: Database,
+        pool: MemoryPool,
+        limits: Limits,
+        clock: Callable[[], datetime] = utcnow,
+        after_add: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.db = db
         self.pool = pool
         self.limits = limits
         self.clock = clock
+        # Called with the ids of new memories once they are committed (categorisation).
+        self.after_add = after_add or (lambda _ids: None)
 
     @property
     def llm_enabled(self) -> bool:
@@ -113,7 +129,7 @@ class ServiceBase:
         if row is None:
             row = self._create_actor(caller)
         user_pk, app_pk, is_active = row
-        if not is_active:
+        if not is_active and caller.enforce_app_state:
             raise Forbidden(
                 f"the app {caller.client_name!r} is paused for this user, so it cannot read or write "
                 "memories; resume it to continue"
@@ -179,6 +195,75 @@ class ServiceBase:
         return dict(json.loads(encoded))
 
     @staticmethod
+    def _clean_type(value: Any) -> str:
+        if value is None:
+            return MemoryType.long_term.value
+        try:
+            return MemoryType(value).value
+        except ValueError:
+            names = ", ".join(t.value for t in MemoryType)
+            raise InvalidInput(f"memory_type {str(value)[:40]!r} is not one of: {names}") from None
+
+    @staticmethod
+    def _clean_importance(value: Any) -> float:
+        if value is None:
+            return 0.5
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise InvalidInput(f"importance must be a number from 0 to 1, got {str(value)[:40]}")
+        return float(value)
+
+    def _expiry(self, memory_type: str, now: datetime) -> datetime | None:
+        return now + self.limits.short_term_ttl if memory_type == MemoryType.short_term.value else None
+
+    def _set_state(self, session: Session, actor: Actor, ids: list[str], new_state: MemoryState) -> list[str]:
+        """Move the caller's memories (never deleted ones) to ``new_state``, with history rows.
+
+        Returns the ids that changed; ids already in that state are left alone.
+        """
+        changed: list[str] = []
+        now = self.clock()
+        for chunk in chunks(ids, 500):
+            old_states = dict(
+                session.execute(
+                    select(Memory.id, Memory.state).where(
+                        Memory.id.in_(chunk),
+                        Memory.user_id == actor.user_pk,
+                        Memory.state != MemoryState.deleted.value,
+                        Memory.state != new_state.value,
+                    )
+                ).all()
+            )
+            if not old_states:
+                continue
+            values: dict[str, Any] = {"state": new_state.value, "updated_at": now}
+            if new_state is MemoryState.deleted:
+                values["deleted_at"] = now
+            elif new_state is MemoryState.archived:
+                values["archived_at"] = now
+            elif new_state is MemoryState.active:
+                values["archived_at"] = None
+            session.execute(update(Memory).where(Memory.id.in_(list(old_states))).values(**values))
+            session.execute(
+                insert(MemoryStatusHistory),
+                [
+                    {
+                        "id": new_id(),
+                        "memory_id": mid,
+                        "changed_by": actor.app_pk,
+                        "old_state": old,
+                        "new_state": new_state.value,
+                        "changed_at": now,
+                    }
+                    for mid, old in old_states.items()
+                ],
+            )
+            changed.extend(old_states)
+        if changed:
+            kind = "delete" if new_state is MemoryState.deleted else "state"
+            emit(session, kind, actor.user_id, changed, state=new_state.value)
+        return changed
+
+    @staticmethod
     def _check_limit(value: Any, name: str, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidInput(f"{name} must be an integer")
@@ -200,18 +285,72 @@ class ServiceBase:
             raise Unavailable("the vector store is unavailable; try again shortly") from exc
 
     @staticmethod
-    def _out(row: Memory, app_name: str, score: float | None = None, event: Event | None = None) -> MemoryOut:
+    def _out(
+        row: Memory,
+        app_name: str,
+        score: float | None = None,
+        event: Event | None = None,
+        categories: list[str] | None = None,
+    ) -> MemoryOut:
         return MemoryOut(
             id=row.id,
             text=row.content,
             app=app_name,
             state=row.state,
+            memory_type=row.memory_type,
+            importance=row.importance,
+            categories=categories or [],
             metadata=row.metadata_ or {},
             created_at=row.created_at,
             updated_at=row.updated_at,
+            access_count=row.access_count,
+            last_accessed_at=row.last_accessed_at,
+            expires_at=row.expires_at,
+            archived_at=row.archived_at,
             score=score,
             event=event,
         )
+
+    @staticmethod
+    def _categories_for(session: Session, ids: Iterable[str]) -> dict[str, list[str]]:
+        """Category names of each memory, in one query."""
+        found: dict[str, list[str]] = {}
+        id_list = list(ids)
+        for chunk in chunks(id_list, 500):
+            rows = session.execute(
+                select(MemoryCategory.memory_id, Category.name)
+                .join(Category, Category.id == MemoryCategory.category_id)
+                .where(MemoryCategory.memory_id.in_(chunk))
+                .order_by(Category.name)
+            ).all()
+            for memory_id, name in rows:
+                found.setdefault(memory_id, []).append(name)
+        return found
+
+    def _outs(
+        self,
+        session: Session,
+        rows: Sequence[tuple[Memory, str]],
+        scores: dict[str, float] | None = None,
+        event: Event | None = None,
+    ) -> list[MemoryOut]:
+        """Results for ``rows`` (memory, app name), with their categories."""
+        categories = self._categories_for(session, [row.id for row, _ in rows])
+        return [
+            self._out(
+                row, app, score=(scores or {}).get(row.id), categories=categories.get(row.id), event=event
+            )
+            for row, app in rows
+        ]
+
+    def _touch(self, session: Session, ids: Sequence[str]) -> None:
+        """Count a use of each memory (search hits and gets), for promotion and archiving."""
+        if ids:
+            session.execute(
+                update(Memory)
+                .where(Memory.id.in_(list(ids)))
+                .values(access_count=Memory.access_count + 1, last_accessed_at=self.clock())
+            )
 
     def _rows_with_app(
         self, session: Session, actor: Actor, ids: Iterable[str], active_only: bool

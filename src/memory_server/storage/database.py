@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from memory_server.config import REPO_ROOT
 from memory_server.errors import ConfigurationError, Unavailable
+from memory_server.events import EventBus, notify_in_transaction, take_pending
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.events = EventBus()
 
     @property
     def is_sqlite(self) -> bool:
@@ -114,7 +116,12 @@ class Database:
         session = self._sessions()
         try:
             yield session
+            events = take_pending(session)
+            if events and not self.is_sqlite:
+                notify_in_transaction(session, events)  # delivered by every replica's listener
             session.commit()
+            if events and self.is_sqlite:
+                self.events.deliver(events)
         except OperationalError as exc:
             session.rollback()
             log.warning("database error: %s", _describe(exc))

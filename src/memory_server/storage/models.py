@@ -12,8 +12,10 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -69,6 +71,16 @@ class MemoryState(StrEnum):
     deleted = "deleted"
 
 
+class MemoryType(StrEnum):
+    """What kind of memory this is; short-term memories expire unless they are used."""
+
+    short_term = "short_term"
+    long_term = "long_term"
+    rule = "rule"
+    entity = "entity"
+    relationship = "relationship"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
@@ -105,6 +117,13 @@ class Memory(Base):
     __tablename__ = "memories"
     __table_args__ = (
         CheckConstraint("state IN ('active', 'paused', 'archived', 'deleted')", name="state"),
+        CheckConstraint(
+            "memory_type IN ('short_term', 'long_term', 'rule', 'entity', 'relationship')", name="memory_type"
+        ),
+        CheckConstraint("importance >= 0 AND importance <= 1", name="importance"),
+        # maintenance: due expiries and old short-term memories
+        Index("ix_memories_state_expires", "state", "expires_at"),
+        Index("ix_memories_user_type", "user_id", "memory_type"),
         # list: newest active memories of a user
         Index("ix_memories_user_state_created", "user_id", "state", "created_at"),
         # exact-duplicate check; one live copy of a text per user
@@ -130,9 +149,30 @@ class Memory(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     archived_at: Mapped[datetime | None] = mapped_column()
     deleted_at: Mapped[datetime | None] = mapped_column()
+    memory_type: Mapped[str] = mapped_column(
+        String(32), default=MemoryType.long_term.value, server_default=MemoryType.long_term.value
+    )
+    importance: Mapped[float] = mapped_column(Float, default=0.5, server_default=text("0.5"))
+    access_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_accessed_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
 
     app: Mapped[App] = relationship(lazy="raise")
     categories: Mapped[list[Category]] = relationship(secondary="memory_categories", lazy="raise")
+
+
+class MemoryVersion(Base):
+    """Each text a memory has had, oldest first (version 1 is the text it was added with)."""
+
+    __tablename__ = "memory_versions"
+    __table_args__ = (UniqueConstraint("memory_id", "version", name="uq_memory_versions_memory_version"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    memory_id: Mapped[str] = mapped_column(ForeignKey("memories.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    changed_by: Mapped[str | None] = mapped_column(ForeignKey("apps.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Category(Base):
