@@ -52,7 +52,8 @@ async def test_list_tools_schemas(client: Client[Any]) -> None:
     tools = {t.name: t for t in await client.list_tools()}
     assert set(tools) == TOOLS
     add = tools["add_memories"].input_schema
-    assert add["required"] == ["text"] and set(add["properties"]) == {"text", "infer", "metadata"}
+    assert add["required"] == ["text"]
+    assert set(add["properties"]) == {"text", "infer", "metadata", "memory_type", "importance"}
     search = tools["search_memory"].input_schema
     assert search["properties"]["limit"]["default"] == 10 and search["properties"]["limit"]["maximum"] == 100
     assert tools["list_memories"].input_schema["properties"]["limit"]["default"] == 50

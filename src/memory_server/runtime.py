@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from memory_server.config import ProvidersConfig, Settings, load_providers
+from memory_server.services.apps import AppService
+from memory_server.services.categories import Categorizer
+from memory_server.services.lifecycle import LifecycleService, MaintenancePolicy, MaintenanceReport
 from memory_server.services.memories import Limits, MemoryService
 from memory_server.storage.database import Database, make_engine, migrate
 from memory_server.storage.embeddings import Embedder, create_embedder
@@ -26,6 +30,10 @@ class Runtime:
     vectors: VectorStore
     pool: MemoryPool
     memories: MemoryService
+    lifecycle: LifecycleService
+    apps: AppService
+    categorizer: Categorizer
+    policy: MaintenancePolicy
 
     @classmethod
     def build(
@@ -75,11 +83,37 @@ class Runtime:
             max_memory_bytes=settings.max_memory_bytes,
             duplicate_threshold=settings.duplicate_threshold,
             search_min_score=settings.search_min_score,
+            short_term_ttl=timedelta(days=settings.short_term_ttl_days),
         )
-        return cls(settings, providers, db, embedder, vectors, pool, MemoryService(db, pool, limits))
+        categorizer = Categorizer(db, embedder, pool.llm if pool.llm_enabled else None)
+        policy = MaintenancePolicy(
+            archive_after=timedelta(days=settings.archive_after_days),
+            archive_max_importance=settings.archive_max_importance,
+            archive_max_access_count=settings.archive_max_access_count,
+            promote_access_count=settings.promote_access_count,
+        )
+        return cls(
+            settings,
+            providers,
+            db,
+            embedder,
+            vectors,
+            pool,
+            MemoryService(db, pool, limits, after_add=categorizer.enqueue),
+            LifecycleService(db, pool, limits),
+            AppService(db, pool, limits),
+            categorizer,
+            policy,
+        )
+
+    def maintain(self) -> tuple[MaintenanceReport, int]:
+        """One maintenance pass: lifecycle rules, then categorise what is still uncategorised."""
+        report = self.lifecycle.run_maintenance(self.policy)
+        return report, self.categorizer.sweep()
 
     def close(self) -> None:
         """Release files and connections (the embedded Qdrant lock above all)."""
+        self.categorizer.close()
         self.pool.close()
         self.vectors.close()
         self.db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -12,11 +13,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memory_server import __version__
+from memory_server.api import apps as apps_api
+from memory_server.api import memories as memories_api
+from memory_server.api.limits import BodySizeLimit
 from memory_server.api.middleware import HttpMetrics
 from memory_server.config import Settings
 from memory_server.errors import MemoryServerError
+from memory_server.events import listen_postgres
 from memory_server.mcp.router import McpRouter
 from memory_server.mcp.server import build_mcp
 from memory_server.metrics import ERRORS, StoredMemoriesCollector
@@ -44,11 +50,19 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(sse_app.lifespan(sse_app))
             await stack.enter_async_context(http_app.lifespan(http_app))
+            stop = asyncio.Event()
+            listener = None
+            if not runtime.db.is_sqlite:
+                url = runtime.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                listener = asyncio.create_task(listen_postgres(url, runtime.db.events, stop))
             log.info("memory-server %s ready", __version__)
             try:
                 yield
             finally:
                 log.info("memory-server shutting down")
+                stop.set()
+                if listener is not None:
+                    await listener
         runtime.close()
 
     app = FastAPI(
@@ -103,6 +117,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         payload = generate_latest(REGISTRY) + await anyio.to_thread.run_sync(generate_latest, registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    app.include_router(memories_api.router)
+    app.include_router(apps_api.router)
     app.add_middleware(McpRouter, sse_app=sse_app, http_app=http_app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(HttpMetrics, routes_app=app.router)
     return app

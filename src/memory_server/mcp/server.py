@@ -18,7 +18,14 @@ from memory_server import __version__
 from memory_server.errors import MemoryServerError
 from memory_server.mcp.identity import current_caller
 from memory_server.metrics import ERRORS, TOOL_CALLS, TOOL_LATENCY
-from memory_server.schemas import AddResult, DeleteResult, MemoryOut, MemoryPage, SearchResult
+from memory_server.schemas import (
+    AddResult,
+    DeleteResult,
+    MemoryOut,
+    MemoryPage,
+    MemoryTypeName,
+    SearchResult,
+)
 from memory_server.services.memories import (
     MAX_DELETE_IDS,
     MAX_LIST_LIMIT,
@@ -92,13 +99,23 @@ def build_mcp(service: MemoryService) -> FastMCP:
             dict[str, Any] | None,
             Field(description="Optional JSON object stored with the memory (e.g. a source)."),
         ] = None,
+        memory_type: Annotated[
+            MemoryTypeName | None,
+            Field(
+                description="long_term (default), short_term (expires after a week unless used often), "
+                "rule (how the user wants you to behave), entity or relationship."
+            ),
+        ] = None,
+        importance: Annotated[
+            float | None, Field(ge=0, le=1, description="0 to 1; how much this matters (default 0.5).")
+        ] = None,
     ) -> AddResult:
         """Store something the user wants remembered across conversations.
 
         Returns the memories created (event ADD) or, when the same or a nearly identical
         memory already exists, that memory (event NONE) instead of a copy.
         """
-        return await _call(service.add, caller(), text, infer, metadata)
+        return await _call(service.add, caller(), text, infer, metadata, memory_type, importance)
 
     @mcp.tool(annotations={"title": "Search memories", "readOnlyHint": True})
     async def search_memory(
