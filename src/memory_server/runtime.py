@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from memory_server.config import ProvidersConfig, Settings, load_providers
 from memory_server.services.apps import AppService
@@ -14,6 +15,7 @@ from memory_server.services.memories import Limits, MemoryService
 from memory_server.storage.database import Database, make_engine, migrate
 from memory_server.storage.embeddings import Embedder, create_embedder
 from memory_server.storage.mem0_pool import MemoryPool
+from memory_server.storage.models import utcnow
 from memory_server.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,16 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, settings: Settings, embedder: Embedder | None = None, run_migrations: bool = True
+        cls,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        run_migrations: bool = True,
+        clock: Callable[[], datetime] = utcnow,
     ) -> Runtime:
         """Connect, migrate and check everything; raise ``ConfigurationError`` with advice if wrong.
 
-        ``embedder`` lets tests share one loaded model across many runtimes.
+        ``embedder`` lets tests share one loaded model across many runtimes; ``clock`` lets
+        them control time (lifecycle rules).
         """
         providers = load_providers(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -99,9 +106,9 @@ class Runtime:
             embedder,
             vectors,
             pool,
-            MemoryService(db, pool, limits, after_add=categorizer.enqueue),
-            LifecycleService(db, pool, limits),
-            AppService(db, pool, limits),
+            MemoryService(db, pool, limits, clock, after_add=categorizer.enqueue),
+            LifecycleService(db, pool, limits, clock),
+            AppService(db, pool, limits, clock),
             categorizer,
             policy,
         )

@@ -50,7 +50,7 @@ class Categorizer:
         db: Database,
         embedder: Embedder,
         llm: Any | None,
-        min_score: float = 0.2,
+        min_score: float = 0.15,
         second_within: float = 0.04,
     ) -> None:
         self.db = db
@@ -61,7 +61,7 @@ class Categorizer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="categorize")
         self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
-        self._category_vectors: tuple[tuple[str, ...], np.ndarray] | None = None
+        self._category_vectors: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None = None
 
     def enqueue(self, memory_ids: list[str]) -> None:
         """Categorise these memories soon; returns at once."""
@@ -136,22 +136,39 @@ class Categorizer:
     def _by_embedding(
         self, texts: dict[str, str], categories: dict[str, tuple[str, str]]
     ) -> dict[str, list[str]]:
+        """Categories whose name or one of whose description phrases is nearest to each memory.
+
+        A category is scored by its best phrase: descriptions list several topics, and an
+        average over all of them matches nothing well.
+        """
         names = tuple(sorted(categories))
         if self._category_vectors is None or self._category_vectors[0] != names:
-            described = [f"{n}: {categories[n][1]}" for n in names]
-            self._category_vectors = (names, np.asarray(self.embedder.embed(described), dtype=np.float32))
-        matrix = self._category_vectors[1]
+            phrases: list[str] = []
+            owners: list[int] = []
+            for index, name in enumerate(names):
+                for phrase in [name, *re.split(r",|\band\b", categories[name][1])]:
+                    if phrase.strip():
+                        phrases.append(phrase.strip())
+                        owners.append(index)
+            matrix = np.asarray(self.embedder.embed(phrases), dtype=np.float32)
+            self._category_vectors = (names, matrix, np.asarray(owners))
+        _, matrix, owners_array = self._category_vectors
         ids = list(texts)
         vectors = np.asarray(self.embedder.embed([texts[i] for i in ids]), dtype=np.float32)
-        scores = vectors @ matrix.T
+        phrase_scores = vectors @ matrix.T
+        scores = np.full((len(ids), len(names)), -1.0, dtype=np.float32)
+        np.maximum.at(scores.T, owners_array, phrase_scores.T)
         chosen: dict[str, list[str]] = {}
         for row, memory_id in enumerate(ids):
             order = np.argsort(-scores[row])
             best = float(scores[row][order[0]])
-            picks = [names[order[0]]] if best >= self.min_score else []
-            for j in order[1:MAX_PER_MEMORY]:
-                if best >= self.min_score and float(scores[row][j]) >= best - self.second_within:
-                    picks.append(names[j])
+            picks: list[str] = []
+            if best >= self.min_score:
+                picks = [
+                    names[j]
+                    for j in order[:MAX_PER_MEMORY]
+                    if float(scores[row][j]) >= best - self.second_within
+                ]
             chosen[memory_id] = picks
         return chosen
 

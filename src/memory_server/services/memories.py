@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from memory_server.errors import InvalidInput, MemoryServerError, NotFound, Unavailable
+from memory_server.errors import Conflict, InvalidInput, MemoryServerError, NotFound, Unavailable
 from memory_server.events import emit
 from memory_server.identity import validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
@@ -326,10 +326,8 @@ class MemoryService(ServiceBase):
                 raise NotFound(f"no memory with id {mid} for this user")
             self._log_access(session, actor, [mid], "get", {})
             self._touch(session, [mid])
-            row, app_name = rows[mid]
-            row.access_count += 1
-            row.last_accessed_at = self.clock()
-            [out] = self._outs(session, [(row, app_name)])
+            # the bulk UPDATE in _touch also refreshes the loaded row (synchronize_session)
+            [out] = self._outs(session, [rows[mid]])
         return out
 
     def update(
@@ -365,7 +363,7 @@ class MemoryService(ServiceBase):
             else:
                 clean = None  # same text: nothing to re-embed
         if clash is not None:
-            raise InvalidInput(
+            raise Conflict(
                 f"another memory ({clash[0].id}) already has exactly this text; delete one of them instead"
             )
         if "memory_type" in values and values["memory_type"] != row.memory_type:
