@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -82,23 +82,37 @@ class EventBus:
                     except RuntimeError:  # the subscriber's loop has closed
                         continue
 
-    async def subscribe(self, user_id: str) -> AsyncIterator[MemoryEvent]:
-        """Events of ``user_id`` from now on, in commit order."""
+    def subscribe(self, user_id: str) -> Subscription:
+        """Events of ``user_id`` from this moment on, in commit order (call from the event loop)."""
         queue: asyncio.Queue[MemoryEvent] = asyncio.Queue(maxsize=10_000)
         entry = (asyncio.get_running_loop(), queue, user_id)
         with self._lock:
             self._subscribers.add(entry)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
+
+        def close() -> None:
             with self._lock:
                 self._subscribers.discard(entry)
+
+        return Subscription(queue, close)
 
     @property
     def subscriber_count(self) -> int:
         with self._lock:
             return len(self._subscribers)
+
+
+class Subscription:
+    """An async iterator of one subscriber's events; ``close`` it when done."""
+
+    def __init__(self, queue: asyncio.Queue[MemoryEvent], close: Callable[[], None]) -> None:
+        self._queue = queue
+        self.close = close
+
+    def __aiter__(self) -> AsyncIterator[MemoryEvent]:
+        return self
+
+    async def __anext__(self) -> MemoryEvent:
+        return await self._queue.get()
 
 
 def _put(queue: asyncio.Queue[MemoryEvent], event: MemoryEvent) -> None:
@@ -108,7 +122,9 @@ def _put(queue: asyncio.Queue[MemoryEvent], event: MemoryEvent) -> None:
         log.warning("an event stream subscriber is too slow; dropping an event")
 
 
-async def listen_postgres(url: str, bus: EventBus, stop: asyncio.Event) -> None:
+async def listen_postgres(
+    url: str, bus: EventBus, stop: asyncio.Event, listening: asyncio.Event | None = None
+) -> None:
     """Relay NOTIFY events from PostgreSQL to local subscribers until ``stop`` is set.
 
     Reconnects with backoff when the database goes away.
@@ -120,6 +136,8 @@ async def listen_postgres(url: str, bus: EventBus, stop: asyncio.Event) -> None:
         try:
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
+                if listening is not None:
+                    listening.set()
                 delay = 0.5
                 notifies = conn.notifies()
                 while not stop.is_set():

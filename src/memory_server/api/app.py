@@ -54,7 +54,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             listener = None
             if not runtime.db.is_sqlite:
                 url = runtime.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                listener = asyncio.create_task(listen_postgres(url, runtime.db.events, stop))
+                listening = asyncio.Event()
+                listener = asyncio.create_task(listen_postgres(url, runtime.db.events, stop, listening))
+                try:  # serve only once changes from other replicas can reach this one's streams
+                    await asyncio.wait_for(listening.wait(), timeout=10)
+                except TimeoutError:
+                    log.warning("event listener not connected yet; streams see other replicas' changes later")
             log.info("memory-server %s ready", __version__)
             try:
                 yield

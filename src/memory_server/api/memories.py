@@ -130,12 +130,17 @@ def change_state(rt: RuntimeDep, user: UserDep, body: StateChangeRequest) -> Sta
 async def stream(request: Request, rt: RuntimeDep, user: UserDep) -> EventSourceResponse:
     """Each change (add, update, state, delete) as an SSE event whose data is JSON."""
 
+    subscription = rt.db.events.subscribe(user)  # registered before "ready" is sent: nothing is missed
+
     async def events() -> AsyncIterator[dict[str, str]]:
-        sequence = 0
-        yield {"event": "ready", "data": json.dumps({"user_id": user})}
-        async for event in rt.db.events.subscribe(user):
-            sequence += 1
-            yield {"event": event.type, "id": str(sequence), "data": event.to_json()}
+        try:
+            yield {"event": "ready", "data": json.dumps({"user_id": user})}
+            sequence = 0
+            async for event in subscription:
+                sequence += 1
+                yield {"event": event.type, "id": str(sequence), "data": event.to_json()}
+        finally:
+            subscription.close()
 
     return EventSourceResponse(events(), ping=15, send_timeout=30)
 
