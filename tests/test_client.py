@@ -20,6 +20,7 @@ from memory_server.config import Settings
 from memory_server.runtime import Runtime
 from tests.fakes.server import free_port, serve_in_thread
 
+
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     """The client talks HTTP; one database backend is enough here (routes are tested on both)."""

@@ -54,15 +54,24 @@ def upgrade() -> None:
             ["changed_by"], ["apps.id"], name=op.f("fk_memory_versions_changed_by_apps"), ondelete="SET NULL"
         ),
         sa.ForeignKeyConstraint(
-            ["memory_id"], ["memories.id"], name=op.f("fk_memory_versions_memory_id_memories"), ondelete="CASCADE"
+            ["memory_id"],
+            ["memories.id"],
+            name=op.f("fk_memory_versions_memory_id_memories"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_memory_versions")),
         sa.UniqueConstraint("memory_id", "version", name="uq_memory_versions_memory_version"),
     )
     with op.batch_alter_table("memories", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("memory_type", sa.String(length=32), server_default="long_term", nullable=False))
-        batch_op.add_column(sa.Column("importance", sa.Float(), server_default=sa.text("0.5"), nullable=False))
-        batch_op.add_column(sa.Column("access_count", sa.Integer(), server_default=sa.text("0"), nullable=False))
+        batch_op.add_column(
+            sa.Column("memory_type", sa.String(length=32), server_default="long_term", nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column("importance", sa.Float(), server_default=sa.text("0.5"), nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column("access_count", sa.Integer(), server_default=sa.text("0"), nullable=False)
+        )
         batch_op.add_column(sa.Column("last_accessed_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_memories_state_expires", ["state", "expires_at"], unique=False)
@@ -87,7 +96,10 @@ def upgrade() -> None:
     now = datetime.now(UTC)
     op.bulk_insert(
         categories,
-        [{"id": _category_id(n), "name": n, "description": d, "created_at": now} for n, d in SEED_CATEGORIES.items()],
+        [
+            {"id": _category_id(n), "name": n, "description": d, "created_at": now}
+            for n, d in SEED_CATEGORIES.items()
+        ],
     )
 
 
