@@ -34,7 +34,7 @@ from memory_server.services.base import (
     chunks,
     content_hash,
 )
-from memory_server.services.bulk import BulkItem, BulkResult, BulkWriter
+from memory_server.services.bulk import BulkItem, BulkResult, BulkWriter, OnExisting
 from memory_server.services.filters import MemoryFilter
 from memory_server.services.filters import order_by as _order_by
 from memory_server.storage.mem0_pool import UserMemory
@@ -463,9 +463,12 @@ class MemoryService(ServiceBase):
             self._drop_vectors(memory, chunk)
         return DeleteResult(deleted=found)
 
-    def upsert_many(self, caller: Caller, items: Sequence[BulkItem]) -> BulkResult:
+    def upsert_many(
+        self, caller: Caller, items: Sequence[BulkItem], on_existing: OnExisting = "update"
+    ) -> BulkResult:
         """Write many memories with stable ids in batches (see ``services.bulk``)."""
-        return BulkWriter(self.db, self.pool, self.limits, self.clock).upsert_many(caller, items)
+        writer = BulkWriter(self.db, self.pool, self.limits, self.clock)
+        return writer.upsert_many(caller, items, on_existing=on_existing)
 
     def count_by_state(self) -> dict[str, int]:
         """Memories per state across all users (for metrics)."""
