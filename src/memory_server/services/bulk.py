@@ -448,7 +448,7 @@ class BulkWriter(ServiceBase):
             vector = change.item.vector
             old = previous.get(change.item.memory_id)
             if vector is None and not change.text_changed and old is not None:
-                vector = _point_vector(old)
+                vector = point_vector(old)
             chosen.append(vector)
         texts = [item.text for item, _ in plan.new] + [change.item.text for change in plan.changed]
         missing = [i for i, v in enumerate(chosen) if v is None]
@@ -618,7 +618,8 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _point_vector(point: Any) -> list[float] | None:
+def point_vector(point: Any) -> list[float] | None:
+    """The vector of a Qdrant point (the unnamed one)."""
     vector = point.vector
     if isinstance(vector, dict):
         vector = vector.get("") or next(iter(vector.values()), None)

@@ -22,6 +22,7 @@ from memory_server.events import emit
 from memory_server.identity import validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
 from memory_server.schemas import AddResult, DeleteResult, MemoryOut, MemoryPage, SearchResult
+from memory_server.services.backup import BackupService
 from memory_server.services.base import (
     MAX_DELETE_IDS,
     MAX_LIST_LIMIT,
@@ -462,6 +463,11 @@ class MemoryService(ServiceBase):
         for chunk in chunks(found, 1000):
             self._drop_vectors(memory, chunk)
         return DeleteResult(deleted=found)
+
+    @property
+    def backups(self) -> BackupService:
+        """Export and import of a user's memories (see ``services.backup``)."""
+        return BackupService(self.db, self.pool, self.limits, self.clock)
 
     def upsert_many(
         self, caller: Caller, items: Sequence[BulkItem], on_existing: OnExisting = "update"
