@@ -1,14 +1,24 @@
-"""The ``memory-server`` command: serve, stdio, migrate, setup."""
+"""The ``memory-server`` command: serve, stdio, migrate, setup, export, import."""
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from memory_server import __version__
 from memory_server.config import Settings, load_settings
 from memory_server.errors import ConfigurationError, MemoryServerError
+
+if TYPE_CHECKING:
+    from memory_server.runtime import Runtime
 
 app = typer.Typer(
     help="Long-term memory for AI assistants over MCP (stdio, SSE, streamable HTTP).",
@@ -165,6 +175,152 @@ def setup() -> None:
         _fail(str(exc))
     typer.echo(f"embedding model ready at {path}", err=True)
     migrate()
+
+
+class ImportMode(StrEnum):
+    skip = "skip"
+    overwrite = "overwrite"
+
+
+def _backup_runtime() -> Runtime:
+    """The whole back end for a one-off command; logs only warnings, so progress stays readable."""
+    from memory_server.logging_setup import configure_logging
+    from memory_server.runtime import Runtime
+
+    settings = _settings()
+    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+    try:
+        return Runtime.build(settings)
+    except (ConfigurationError, MemoryServerError) as exc:
+        _fail(str(exc))
+
+
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; None (no reporting) otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield report
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"--since {value!r} is not a date: use YYYY-MM-DD or an ISO 8601 time")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@app.command()
+def export(
+    user: Annotated[str | None, typer.Option(help="User whose memories to export (USER_ID).")] = None,
+    app_name: Annotated[str | None, typer.Option("--app", help="Only the memories of this app.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only memories created or changed since this date (YYYY-MM-DD or ISO 8601; UTC)."),
+    ] = None,
+    vectors: Annotated[
+        bool,
+        typer.Option("--vectors/--no-vectors", help="Include the vectors (import then needs no embedding)."),
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Export a user's memories (gzip'd JSON Lines, docs/backup.md) to stdout or --output."""
+    when = _parse_since(since)
+    if output is None and sys.stdout.isatty():
+        _fail("the export is binary (gzip): redirect stdout to a file (> FILE) or use --output FILE")
+    runtime = _backup_runtime()
+    partial = output.with_name(output.name + ".partial") if output is not None else None
+    try:
+        with _progress("exporting") as report:
+            chunks = runtime.memories.backups.export(
+                user or runtime.settings.user_id,
+                app=app_name,
+                since=when,
+                include_vectors=vectors,
+                progress=report,
+            )
+            with contextlib.ExitStack() as stack:
+                sink = stack.enter_context(partial.open("wb")) if partial is not None else sys.stdout.buffer
+                for chunk in chunks:
+                    sink.write(chunk)
+                sink.flush()
+        if partial is not None and output is not None:
+            os.replace(partial, output)
+    except MemoryServerError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        typer.echo("memory-server: export interrupted; the output is incomplete", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        runtime.close()
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="An export file, or - for stdin.")],
+    mode: Annotated[
+        ImportMode, typer.Option(help="For memories already stored: skip them, or overwrite them.")
+    ] = ImportMode.skip,
+    user: Annotated[
+        str | None, typer.Option(help="Import into this user instead of the one named in the file.")
+    ] = None,
+) -> None:
+    """Import an export file; run it again after an interruption to finish (no duplicates)."""
+    if str(file) != "-" and not file.is_file():
+        _fail(f"{file} is not a file")
+    runtime = _backup_runtime()
+    try:
+        with contextlib.ExitStack() as stack:
+            source = sys.stdin.buffer if str(file) == "-" else stack.enter_context(file.open("rb"))
+            report_progress = stack.enter_context(_progress("importing"))
+            report = runtime.memories.backups.import_file(
+                source, user_id=user, mode=mode.value, client_name="cli-import", progress=report_progress
+            )
+    except MemoryServerError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        typer.echo(
+            "memory-server: import interrupted; run the same command again to finish it "
+            "(memories already imported are not duplicated)",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        runtime.close()
+    for memory_id, reason in list(report.skipped.items())[:20]:
+        typer.echo(f"skipped {memory_id}: {reason}", err=True)
+    if len(report.skipped) > 20:
+        typer.echo(f"... and {len(report.skipped) - 20} more skipped", err=True)
+    typer.echo(
+        f"imported {report.total} memories for {report.user_id}: {report.added} added, "
+        f"{report.updated} updated, {report.unchanged} unchanged, {len(report.skipped)} skipped"
+        + (" (re-embedded)" if report.reembedded else " (vectors from the file)"),
+        err=True,
+    )
 
 
 def main() -> None:
