@@ -9,287 +9,41 @@ active).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from memory_server.errors import (
-    ConfigurationError,
-    Forbidden,
-    InvalidInput,
-    MemoryServerError,
-    NotFound,
-    PayloadTooLarge,
-    Unavailable,
-)
-from memory_server.identity import validate_client_name, validate_memory_id, validate_user_id
+from memory_server.errors import InvalidInput, MemoryServerError, NotFound, Unavailable
+from memory_server.identity import validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
-from memory_server.schemas import AddResult, DeleteResult, Event, MemoryOut, MemoryPage, SearchResult
-from memory_server.storage.database import Database
-from memory_server.storage.mem0_pool import MemoryPool, UserMemory
-from memory_server.storage.models import (
-    App,
-    Memory,
-    MemoryAccessLog,
-    MemoryState,
-    MemoryStatusHistory,
-    User,
-    new_id,
-    utcnow,
+from memory_server.schemas import AddResult, DeleteResult, MemoryOut, MemoryPage, SearchResult
+from memory_server.services.base import (
+    MAX_DELETE_IDS,
+    MAX_LIST_LIMIT,
+    MAX_SEARCH_FETCH,
+    MAX_SEARCH_LIMIT,
+    Actor,
+    Caller,
+    Limits,
+    ServiceBase,
+    chunks,
+    content_hash,
 )
+from memory_server.services.bulk import BulkItem, BulkResult, BulkWriter
+from memory_server.storage.mem0_pool import UserMemory
+from memory_server.storage.models import App, Memory, MemoryState, MemoryStatusHistory, new_id
+
+__all__ = ["Caller", "Limits", "MemoryService", "MAX_DELETE_IDS", "MAX_LIST_LIMIT", "MAX_SEARCH_LIMIT"]
 
 log = logging.getLogger(__name__)
 
-MAX_SEARCH_LIMIT = 100
-MAX_LIST_LIMIT = 500
-MAX_DELETE_IDS = 10_000
-MAX_METADATA_BYTES = 16_384
-_MAX_SEARCH_FETCH = 1_000
 
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the user and the MCP client (app) acting for them."""
-
-    user_id: str
-    client_name: str
-
-    def __post_init__(self) -> None:
-        validate_user_id(self.user_id)
-        validate_client_name(self.client_name)
-
-
-@dataclass(frozen=True)
-class _Actor:
-    user_pk: str
-    app_pk: str
-    user_id: str
-    app_name: str
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The knobs of the service, taken from settings."""
-
-    max_memory_bytes: int = 32_768
-    duplicate_threshold: float = 0.95
-    search_min_score: float = 0.0
-
-
-def content_hash(text: str) -> str:
-    """The hash that identifies an exact duplicate."""
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-class MemoryService:
+class MemoryService(ServiceBase):
     """Add, search, list, get, update and delete memories, scoped to one user per call."""
-
-    def __init__(
-        self, db: Database, pool: MemoryPool, limits: Limits, clock: Callable[[], datetime] = utcnow
-    ) -> None:
-        self.db = db
-        self.pool = pool
-        self.limits = limits
-        self.clock = clock
-
-    @property
-    def llm_enabled(self) -> bool:
-        return self.pool.llm_enabled
-
-    # ---------------------------------------------------------------- identity
-
-    def _actor(self, caller: Caller) -> _Actor:
-        """Resolve (creating on first use) the caller's user and app; refuse a paused app."""
-        with self.db.session() as session:
-            row = session.execute(
-                select(User.id, App.id, App.is_active)
-                .join(App, App.owner_id == User.id)
-                .where(User.user_id == caller.user_id, App.name == caller.client_name)
-            ).first()
-        if row is None:
-            row = self._create_actor(caller)
-        user_pk, app_pk, is_active = row
-        if not is_active:
-            raise Forbidden(
-                f"the app {caller.client_name!r} is paused for this user, so it cannot read or write "
-                "memories; resume it to continue"
-            )
-        return _Actor(user_pk, app_pk, caller.user_id, caller.client_name)
-
-    def _create_actor(self, caller: Caller) -> Any:
-        for _attempt in range(3):
-            try:
-                with self.db.session() as session:
-                    user_pk = session.scalar(select(User.id).where(User.user_id == caller.user_id))
-                    if user_pk is None:
-                        user = User(user_id=caller.user_id)
-                        session.add(user)
-                        session.flush()
-                        user_pk = user.id
-                    app = session.scalar(
-                        select(App).where(App.owner_id == user_pk, App.name == caller.client_name)
-                    )
-                    if app is None:
-                        app = App(owner_id=user_pk, name=caller.client_name)
-                        session.add(app)
-                        session.flush()
-                    return (user_pk, app.id, app.is_active)
-            except IntegrityError:
-                continue  # another request created it at the same moment; read it back
-        raise Unavailable("could not register the user and app; try again")
-
-    # ---------------------------------------------------------------- validation
-
-    def _clean_text(self, text: Any, what: str = "text") -> str:
-        if not isinstance(text, str):
-            raise InvalidInput(f"{what} must be a string")
-        if "\x00" in text:
-            raise InvalidInput(f"{what} must not contain NUL characters")
-        stripped = text.strip()
-        if not stripped:
-            raise InvalidInput(f"{what} is empty: give the text to remember")
-        size = len(stripped.encode())
-        if size > self.limits.max_memory_bytes:
-            raise PayloadTooLarge(
-                f"{what} is {size} bytes; the limit is {self.limits.max_memory_bytes} bytes. "
-                "Split it into smaller memories."
-            )
-        return stripped
-
-    @staticmethod
-    def _clean_metadata(metadata: Any) -> dict[str, Any]:
-        if metadata is None:
-            return {}
-        if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
-            raise InvalidInput("metadata must be a JSON object with string keys")
-        try:
-            encoded = json.dumps(metadata, allow_nan=False)
-        except (TypeError, ValueError):
-            raise InvalidInput(
-                "metadata must contain only JSON values (strings, numbers, booleans, null, lists, objects)"
-            ) from None
-        if "\\u0000" in encoded:
-            raise InvalidInput("metadata must not contain NUL characters")
-        if len(encoded.encode()) > MAX_METADATA_BYTES:
-            raise PayloadTooLarge(f"metadata is over {MAX_METADATA_BYTES} bytes")
-        return dict(json.loads(encoded))
-
-    @staticmethod
-    def _check_limit(value: Any, name: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInput(f"{name} must be an integer")
-        if not low <= value <= high:
-            raise InvalidInput(f"{name} must be between {low} and {high}, got {value}")
-        return value
-
-    # ---------------------------------------------------------------- helpers
-
-    def _memory(self, actor: _Actor) -> UserMemory:
-        try:
-            return self.pool.get(actor.user_id)
-        except MemoryServerError:
-            raise
-        except ConfigurationError as exc:
-            raise Unavailable(str(exc)) from exc
-        except Exception as exc:
-            log.exception("vector store unavailable")
-            raise Unavailable("the vector store is unavailable; try again shortly") from exc
-
-    @staticmethod
-    def _out(row: Memory, app_name: str, score: float | None = None, event: Event | None = None) -> MemoryOut:
-        return MemoryOut(
-            id=row.id,
-            text=row.content,
-            app=app_name,
-            state=row.state,
-            metadata=row.metadata_ or {},
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            score=score,
-            event=event,
-        )
-
-    def _rows_with_app(
-        self, session: Session, actor: _Actor, ids: Iterable[str], active_only: bool
-    ) -> dict[str, tuple[Memory, str]]:
-        query = (
-            select(Memory, App.name)
-            .join(App, App.id == Memory.app_id)
-            .where(Memory.user_id == actor.user_pk, Memory.id.in_(list(ids)))
-        )
-        if active_only:
-            query = query.where(Memory.state == MemoryState.active.value)
-        else:
-            query = query.where(Memory.state != MemoryState.deleted.value)
-        return {row.id: (row, name) for row, name in session.execute(query).all()}
-
-    def _log_access(
-        self,
-        session: Session,
-        actor: _Actor,
-        memory_ids: Sequence[str],
-        access_type: str,
-        meta: dict[str, Any],
-    ) -> None:
-        if not memory_ids:
-            return
-        now = self.clock()
-        session.execute(
-            insert(MemoryAccessLog),
-            [
-                {
-                    "id": new_id(),
-                    "memory_id": mid,
-                    "app_id": actor.app_pk,
-                    "access_type": access_type,
-                    "accessed_at": now,
-                    "metadata_": meta,
-                }
-                for mid in memory_ids
-            ],
-        )
-
-    def _existing_live(self, session: Session, actor: _Actor, digest: str) -> tuple[Memory, str] | None:
-        row = session.execute(
-            select(Memory, App.name)
-            .join(App, App.id == Memory.app_id)
-            .where(
-                Memory.user_id == actor.user_pk,
-                Memory.content_hash == digest,
-                Memory.state != MemoryState.deleted.value,
-            )
-        ).first()
-        return (row[0], row[1]) if row else None
-
-    def _near_duplicate(
-        self, memory: UserMemory, actor: _Actor, text: str
-    ) -> tuple[Memory, str, float] | None:
-        vector = self.pool.embedder.embed(text)
-        hits = memory.store.search(query=text, vectors=vector, top_k=5, filters={"user_id": actor.user_id})
-        close = {
-            str(h.id): float(h.score)
-            for h in hits
-            if h.score is not None and h.score >= self.limits.duplicate_threshold
-        }
-        if not close:
-            return None
-        with self.db.session() as session:
-            rows = self._rows_with_app(session, actor, close, active_only=True)
-        best = max(rows, key=lambda mid: close[mid], default=None)
-        if best is None:
-            return None
-        row, app_name = rows[best]
-        return row, app_name, close[best]
-
-    # ---------------------------------------------------------------- operations
 
     def add(self, caller: Caller, text: Any, infer: bool | None = None, metadata: Any = None) -> AddResult:
         """Store ``text`` for the caller (with LLM fact extraction when ``infer``)."""
@@ -307,7 +61,7 @@ class MemoryService:
             return self._add_inferred(actor, clean, meta)
         return self._add_verbatim(actor, clean, meta)
 
-    def _add_verbatim(self, actor: _Actor, text: str, meta: dict[str, Any]) -> AddResult:
+    def _add_verbatim(self, actor: Actor, text: str, meta: dict[str, Any]) -> AddResult:
         digest = content_hash(text)
         with self.db.session() as session:
             existing = self._existing_live(session, actor, digest)
@@ -336,7 +90,7 @@ class MemoryService:
             raise Unavailable("the vector store is unavailable; the memory was not stored") from exc
         return self._persist(actor, memory, [(r["id"], r["memory"]) for r in added["results"]], meta)
 
-    def _add_inferred(self, actor: _Actor, text: str, meta: dict[str, Any]) -> AddResult:
+    def _add_inferred(self, actor: Actor, text: str, meta: dict[str, Any]) -> AddResult:
         memory = self._memory(actor)
         try:
             added = memory.add(text, user_id=actor.user_id, metadata={"app_id": actor.app_pk}, infer=True)
@@ -356,7 +110,7 @@ class MemoryService:
         )
 
     def _persist(
-        self, actor: _Actor, memory: UserMemory, items: list[tuple[str, str]], meta: dict[str, Any]
+        self, actor: Actor, memory: UserMemory, items: list[tuple[str, str]], meta: dict[str, Any]
     ) -> AddResult:
         """Write SQL rows for vectors just stored; undo the vectors if SQL fails."""
         results: list[MemoryOut] = []
@@ -409,23 +163,13 @@ class MemoryService:
         added = sum(1 for r in results if r.event == "ADD")
         return AddResult(results=results, message=None if added else "this memory was already stored")
 
-    def _drop_vectors(self, memory: UserMemory, ids: list[str]) -> None:
-        if not ids:
-            return
-        try:
-            memory.store.delete_many(ids)
-        except Exception:
-            # Harmless for readers (search only shows memories SQL knows as active);
-            # `memory-server doctor --repair` removes such orphans.
-            log.exception("could not remove %d orphan vector(s): %s", len(ids), ids)
-
     def search(self, caller: Caller, query: Any, limit: Any = 10) -> SearchResult:
         """The caller's active memories closest in meaning to ``query``, best first."""
         actor = self._actor(caller)
         clean = self._clean_text(query, "query")
         limit = self._check_limit(limit, "limit", 1, MAX_SEARCH_LIMIT)
         memory = self._memory(actor)
-        fetch = min(limit * 2, _MAX_SEARCH_FETCH)
+        fetch = min(limit * 2, MAX_SEARCH_FETCH)
         while True:
             try:
                 hits = memory.search(
@@ -441,10 +185,10 @@ class MemoryService:
             with self.db.session() as session:
                 rows = self._rows_with_app(session, actor, scores, active_only=True)
                 ranked = sorted(rows, key=lambda mid: scores[mid], reverse=True)[:limit]
-                if len(ranked) >= limit or len(hits) < fetch or fetch >= _MAX_SEARCH_FETCH:
+                if len(ranked) >= limit or len(hits) < fetch or fetch >= MAX_SEARCH_FETCH:
                     self._log_access(session, actor, ranked, "search", {"query": clean[:500]})
                     break
-            fetch = min(fetch * 4, _MAX_SEARCH_FETCH)  # inactive memories crowded the top: look further
+            fetch = min(fetch * 4, MAX_SEARCH_FETCH)  # inactive memories crowded the top: look further
         return SearchResult(results=[self._out(*rows[mid], score=scores[mid]) for mid in ranked])
 
     def list_memories(self, caller: Caller, limit: Any = 50, offset: Any = 0) -> MemoryPage:
@@ -542,7 +286,7 @@ class MemoryService:
         ids = list(dict.fromkeys(validate_memory_id(m) for m in memory_ids))
         with self.db.session() as session:
             found: list[str] = []
-            for chunk in _chunks(ids, 500):
+            for chunk in chunks(ids, 500):
                 found.extend(
                     session.scalars(
                         select(Memory.id).where(
@@ -572,15 +316,15 @@ class MemoryService:
             )
             self._mark_deleted(session, actor, found)
         memory = self._memory(actor)
-        for chunk in _chunks(found, 1000):
+        for chunk in chunks(found, 1000):
             self._drop_vectors(memory, chunk)
         return DeleteResult(deleted=found)
 
-    def _mark_deleted(self, session: Session, actor: _Actor, ids: list[str]) -> None:
+    def _mark_deleted(self, session: Session, actor: Actor, ids: list[str]) -> None:
         if not ids:
             return
         now = self.clock()
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids, 500):
             old_states = dict(
                 session.execute(select(Memory.id, Memory.state).where(Memory.id.in_(chunk))).all()
             )
@@ -604,6 +348,10 @@ class MemoryService:
                 ],
             )
 
+    def upsert_many(self, caller: Caller, items: Sequence[BulkItem]) -> BulkResult:
+        """Write many memories with stable ids in batches (see ``services.bulk``)."""
+        return BulkWriter(self.db, self.pool, self.limits, self.clock).upsert_many(caller, items)
+
     def count_by_state(self) -> dict[str, int]:
         """Memories per state across all users (for metrics)."""
         try:
@@ -614,8 +362,3 @@ class MemoryService:
                 }
         except (Unavailable, OperationalError):
             return {}
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])

@@ -7,9 +7,11 @@ database from a config. We build those once per process and hand them to a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from mem0.configs.base import MemoryConfig
 from mem0.embeddings.base import EmbeddingBase
 from mem0.memory.storage import SQLiteManager
 from mem0.utils.factory import LlmFactory
+from mem0.utils.lemmatization import lemmatize_for_bm25
 
 from memory_server.config import ProvidersConfig
 from memory_server.storage.embeddings import Embedder
@@ -139,3 +142,23 @@ class MemoryPool:
             self.history.close()
         except Exception:  # closing twice or on a broken file is harmless at shutdown
             log.debug("history db close failed", exc_info=True)
+
+
+def mem0_payload(
+    user_id: str, app_id: str, text: str, created_at: datetime, updated_at: datetime
+) -> dict[str, Any]:
+    """The Qdrant payload mem0 writes for a memory, for points we write in bulk ourselves.
+
+    Same keys as ``Memory._create_memory`` (with ``infer=False``), so mem0 reads bulk-written
+    points exactly like its own.
+    """
+    return {
+        "user_id": user_id,
+        "app_id": app_id,
+        "role": "user",
+        "data": text,
+        "hash": hashlib.md5(text.encode()).hexdigest(),
+        "text_lemmatized": lemmatize_for_bm25(text),
+        "created_at": created_at.isoformat(),
+        "updated_at": updated_at.isoformat(),
+    }

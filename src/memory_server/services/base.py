@@ -1,0 +1,302 @@
+"""What every service shares: the caller's identity, input validation, and store access.
+
+The services (memories, bulk writes, ...) all derive from ``ServiceBase`` so that one
+rule (who the caller is, what text is acceptable, how a row becomes a result) lives in
+one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from memory_server.errors import (
+    ConfigurationError,
+    Forbidden,
+    InvalidInput,
+    MemoryServerError,
+    PayloadTooLarge,
+    Unavailable,
+)
+from memory_server.identity import validate_client_name, validate_user_id
+from memory_server.schemas import Event, MemoryOut
+from memory_server.storage.database import Database
+from memory_server.storage.mem0_pool import MemoryPool, UserMemory
+from memory_server.storage.models import (
+    App,
+    Memory,
+    MemoryAccessLog,
+    MemoryState,
+    User,
+    new_id,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_SEARCH_LIMIT = 100
+MAX_LIST_LIMIT = 500
+MAX_DELETE_IDS = 10_000
+MAX_METADATA_BYTES = 16_384
+MAX_SEARCH_FETCH = 1_000
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the user and the MCP client (app) acting for them."""
+
+    user_id: str
+    client_name: str
+
+    def __post_init__(self) -> None:
+        validate_user_id(self.user_id)
+        validate_client_name(self.client_name)
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_pk: str
+    app_pk: str
+    user_id: str
+    app_name: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The knobs of the service, taken from settings."""
+
+    max_memory_bytes: int = 32_768
+    duplicate_threshold: float = 0.95
+    search_min_score: float = 0.0
+
+
+def content_hash(text: str) -> str:
+    """The hash that identifies an exact duplicate."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ServiceBase:
+    """Shared state and helpers of the services; each call is scoped to one user."""
+
+    def __init__(
+        self, db: Database, pool: MemoryPool, limits: Limits, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.db = db
+        self.pool = pool
+        self.limits = limits
+        self.clock = clock
+
+    @property
+    def llm_enabled(self) -> bool:
+        return self.pool.llm_enabled
+
+    # ---------------------------------------------------------------- identity
+
+    def _actor(self, caller: Caller) -> Actor:
+        """Resolve (creating on first use) the caller's user and app; refuse a paused app."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(User.id, App.id, App.is_active)
+                .join(App, App.owner_id == User.id)
+                .where(User.user_id == caller.user_id, App.name == caller.client_name)
+            ).first()
+        if row is None:
+            row = self._create_actor(caller)
+        user_pk, app_pk, is_active = row
+        if not is_active:
+            raise Forbidden(
+                f"the app {caller.client_name!r} is paused for this user, so it cannot read or write "
+                "memories; resume it to continue"
+            )
+        return Actor(user_pk, app_pk, caller.user_id, caller.client_name)
+
+    def _create_actor(self, caller: Caller) -> Any:
+        for _attempt in range(3):
+            try:
+                with self.db.session() as session:
+                    user_pk = session.scalar(select(User.id).where(User.user_id == caller.user_id))
+                    if user_pk is None:
+                        user = User(user_id=caller.user_id)
+                        session.add(user)
+                        session.flush()
+                        user_pk = user.id
+                    app = session.scalar(
+                        select(App).where(App.owner_id == user_pk, App.name == caller.client_name)
+                    )
+                    if app is None:
+                        app = App(owner_id=user_pk, name=caller.client_name)
+                        session.add(app)
+                        session.flush()
+                    return (user_pk, app.id, app.is_active)
+            except IntegrityError:
+                continue  # another request created it at the same moment; read it back
+        raise Unavailable("could not register the user and app; try again")
+
+    # ---------------------------------------------------------------- validation
+
+    def _clean_text(self, text: Any, what: str = "text") -> str:
+        if not isinstance(text, str):
+            raise InvalidInput(f"{what} must be a string")
+        if "\x00" in text:
+            raise InvalidInput(f"{what} must not contain NUL characters")
+        stripped = text.strip()
+        if not stripped:
+            raise InvalidInput(f"{what} is empty: give the text to remember")
+        size = len(stripped.encode())
+        if size > self.limits.max_memory_bytes:
+            raise PayloadTooLarge(
+                f"{what} is {size} bytes; the limit is {self.limits.max_memory_bytes} bytes. "
+                "Split it into smaller memories."
+            )
+        return stripped
+
+    @staticmethod
+    def _clean_metadata(metadata: Any) -> dict[str, Any]:
+        if metadata is None:
+            return {}
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+            raise InvalidInput("metadata must be a JSON object with string keys")
+        try:
+            encoded = json.dumps(metadata, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidInput(
+                "metadata must contain only JSON values (strings, numbers, booleans, null, lists, objects)"
+            ) from None
+        if "\\u0000" in encoded:
+            raise InvalidInput("metadata must not contain NUL characters")
+        if len(encoded.encode()) > MAX_METADATA_BYTES:
+            raise PayloadTooLarge(f"metadata is over {MAX_METADATA_BYTES} bytes")
+        return dict(json.loads(encoded))
+
+    @staticmethod
+    def _check_limit(value: Any, name: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"{name} must be an integer")
+        if not low <= value <= high:
+            raise InvalidInput(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    # ---------------------------------------------------------------- helpers
+
+    def _memory(self, actor: Actor) -> UserMemory:
+        try:
+            return self.pool.get(actor.user_id)
+        except MemoryServerError:
+            raise
+        except ConfigurationError as exc:
+            raise Unavailable(str(exc)) from exc
+        except Exception as exc:
+            log.exception("vector store unavailable")
+            raise Unavailable("the vector store is unavailable; try again shortly") from exc
+
+    @staticmethod
+    def _out(row: Memory, app_name: str, score: float | None = None, event: Event | None = None) -> MemoryOut:
+        return MemoryOut(
+            id=row.id,
+            text=row.content,
+            app=app_name,
+            state=row.state,
+            metadata=row.metadata_ or {},
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            score=score,
+            event=event,
+        )
+
+    def _rows_with_app(
+        self, session: Session, actor: Actor, ids: Iterable[str], active_only: bool
+    ) -> dict[str, tuple[Memory, str]]:
+        query = (
+            select(Memory, App.name)
+            .join(App, App.id == Memory.app_id)
+            .where(Memory.user_id == actor.user_pk, Memory.id.in_(list(ids)))
+        )
+        if active_only:
+            query = query.where(Memory.state == MemoryState.active.value)
+        else:
+            query = query.where(Memory.state != MemoryState.deleted.value)
+        return {row.id: (row, name) for row, name in session.execute(query).all()}
+
+    def _log_access(
+        self,
+        session: Session,
+        actor: Actor,
+        memory_ids: Sequence[str],
+        access_type: str,
+        meta: dict[str, Any],
+    ) -> None:
+        if not memory_ids:
+            return
+        now = self.clock()
+        session.execute(
+            insert(MemoryAccessLog),
+            [
+                {
+                    "id": new_id(),
+                    "memory_id": mid,
+                    "app_id": actor.app_pk,
+                    "access_type": access_type,
+                    "accessed_at": now,
+                    "metadata_": meta,
+                }
+                for mid in memory_ids
+            ],
+        )
+
+    def _existing_live(self, session: Session, actor: Actor, digest: str) -> tuple[Memory, str] | None:
+        row = session.execute(
+            select(Memory, App.name)
+            .join(App, App.id == Memory.app_id)
+            .where(
+                Memory.user_id == actor.user_pk,
+                Memory.content_hash == digest,
+                Memory.state != MemoryState.deleted.value,
+            )
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    def _near_duplicate(
+        self, memory: UserMemory, actor: Actor, text: str
+    ) -> tuple[Memory, str, float] | None:
+        vector = self.pool.embedder.embed(text)
+        hits = memory.store.search(query=text, vectors=vector, top_k=5, filters={"user_id": actor.user_id})
+        close = {
+            str(h.id): float(h.score)
+            for h in hits
+            if h.score is not None and h.score >= self.limits.duplicate_threshold
+        }
+        if not close:
+            return None
+        with self.db.session() as session:
+            rows = self._rows_with_app(session, actor, close, active_only=True)
+        best = max(rows, key=lambda mid: close[mid], default=None)
+        if best is None:
+            return None
+        row, app_name = rows[best]
+        return row, app_name, close[best]
+
+    def _drop_vectors(self, memory: UserMemory, ids: list[str]) -> None:
+        if not ids:
+            return
+        try:
+            memory.store.delete_many(ids)
+        except Exception:
+            # Harmless for readers (search only shows memories SQL knows as active);
+            # `memory-server doctor --repair` removes such orphans.
+            log.exception("could not remove %d orphan vector(s): %s", len(ids), ids)
+
+
+def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
+    """``items`` in lists of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
