@@ -15,12 +15,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from memory_server import __version__
 from memory_server.api.middleware import HttpMetrics
+from memory_server.api.slack import router as slack_router
 from memory_server.config import Settings
 from memory_server.errors import MemoryServerError
 from memory_server.mcp.router import McpRouter
 from memory_server.mcp.server import build_mcp
 from memory_server.metrics import ERRORS, StoredMemoriesCollector
 from memory_server.runtime import Runtime
+from memory_server.scheduler import build_scheduler
+from memory_server.slack.sync import SlackSync
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +41,23 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     http_app = mcp.http_app(transport="http", path="/")
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StoredMemoriesCollector(runtime.memories.count_by_state))
+    slack = SlackSync(settings, runtime.memories, runtime.db)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(sse_app.lifespan(sse_app))
             await stack.enter_async_context(http_app.lifespan(http_app))
+            scheduler = build_scheduler(slack)
+            scheduler.start()
+            _app.state.scheduler = scheduler
             log.info("memory-server %s ready", __version__)
             try:
                 yield
             finally:
                 log.info("memory-server shutting down")
+                scheduler.shutdown(wait=False)
+                await slack.aclose()  # before the runtime closes under a running sync
         runtime.close()
 
     app = FastAPI(
@@ -60,6 +69,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.mcp = mcp
+    app.state.slack = slack
+    app.state.scheduler = None
 
     @app.exception_handler(MemoryServerError)
     async def domain_error(_request: Request, exc: MemoryServerError) -> JSONResponse:
@@ -103,6 +114,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         payload = generate_latest(REGISTRY) + await anyio.to_thread.run_sync(generate_latest, registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(slack_router)
     app.add_middleware(McpRouter, sse_app=sse_app, http_app=http_app)
     app.add_middleware(HttpMetrics, routes_app=app.router)
     return app
