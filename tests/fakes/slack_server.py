@@ -236,12 +236,23 @@ class FakeSlack:
             return {"ok": False, "error": "not_in_channel"}
         return channel
 
-    def _with_thread_info(self, channel: FakeChannel, message: dict[str, Any]) -> dict[str, Any]:
-        replies = sorted(
-            ts
-            for ts, m in channel.messages.items()
-            if m.get("thread_ts") == message["ts"] and ts != message["ts"]
-        )
+    @staticmethod
+    def _threads(channel: FakeChannel) -> dict[str, list[str]]:
+        """thread_ts -> its replies' ts, oldest first (one pass, so big benchmark workspaces stay cheap)."""
+        threads: dict[str, list[str]] = {}
+        for ts, m in channel.messages.items():
+            parent = m.get("thread_ts")
+            if parent is not None and parent != ts:
+                threads.setdefault(parent, []).append(ts)
+        for replies in threads.values():
+            replies.sort(key=float)
+        return threads
+
+    @staticmethod
+    def _with_thread_info(
+        channel: FakeChannel, message: dict[str, Any], threads: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        replies = threads.get(message["ts"], [])
         if not replies:
             return dict(message)
         return {
@@ -260,10 +271,11 @@ class FakeSlack:
         latest = float(params.get("latest") or 1e12)
         inclusive = params.get("inclusive") in ("true", "1")
         top: dict[str, dict[str, Any]] = {}
+        threads = self._threads(channel)
         for ts, m in channel.messages.items():
             parent = m.get("thread_ts")
             if parent is None or parent == ts or m.get("subtype") == "thread_broadcast":
-                top[ts] = self._with_thread_info(channel, m)
+                top[ts] = self._with_thread_info(channel, m, threads)
             elif parent not in channel.messages:  # replies of a deleted parent keep a tombstone
                 top[parent] = {
                     "type": "message",
@@ -300,7 +312,8 @@ class FakeSlack:
                 "text": "This message was deleted.",
             }
         oldest = float(params.get("oldest") or 0)
-        messages = [self._with_thread_info(channel, parent)] + sorted(
+        threads = {thread_ts: sorted((m["ts"] for m in replies), key=float)}
+        messages = [self._with_thread_info(channel, parent, threads)] + sorted(
             (m for m in replies if float(m["ts"]) > oldest), key=lambda m: float(m["ts"])
         )
         return self._page(messages, params, "messages")
