@@ -23,7 +23,7 @@ from memory_server.storage.embeddings import FastEmbedEmbedder, provision_minilm
 # Environment variables the server reads; none of a developer's may leak into a test.
 _OUR_VARS = re.compile(
     r"^(MEMORY_|DATABASE_URL$|QDRANT_|USER_ID$|DEFAULT_APP_ID$|OPENAI_|LLM_|EMBEDDER_|EMBEDDING_|"
-    r"LOG_LEVEL$|HOST$|PORT$|MAX_MEMORY_BYTES$|DUPLICATE_THRESHOLD$|SEARCH_MIN_SCORE$)"
+    r"LOG_LEVEL$|HOST$|PORT$|MAX_MEMORY_BYTES$|DUPLICATE_THRESHOLD$|SEARCH_MIN_SCORE$|SLACK_)"
 )
 # Captured before any test strips the environment.
 _PG_ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://memtest:memtest@127.0.0.1:5432/postgres")
