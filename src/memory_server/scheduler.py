@@ -26,6 +26,7 @@ from memory_server.storage.database import Database
 from memory_server.storage.models import utcnow
 
 if TYPE_CHECKING:
+    from memory_server.runtime import Runtime
     from memory_server.slack.sync import SlackSync
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,24 @@ async def run_slack_sync(sync: SlackSync) -> None:
         log.info("Slack sync %s", report.status)
 
 
+async def run_maintenance(runtime: Runtime) -> None:
+    """The lifecycle job: one pass on one replica at a time (others skip this round)."""
+    async with advisory_lock(runtime.db, "maintenance") as acquired:
+        if not acquired:
+            log.info("maintenance is running on another replica; skipping")
+            return
+        try:
+            report, categorised = await anyio.to_thread.run_sync(runtime.maintain)
+        except Exception:
+            log.exception("maintenance failed; it runs again at the next interval")
+            return
+        log.info("maintenance done: %s, categorised %d", report.model_dump(), categorised)
+
+
 def build_scheduler(
-    slack: SlackSync | None = None, first_run_delay: timedelta = FIRST_RUN_DELAY
+    slack: SlackSync | None = None,
+    first_run_delay: timedelta = FIRST_RUN_DELAY,
+    runtime: Runtime | None = None,
 ) -> AsyncIOScheduler:
     """The scheduler with every configured job (call ``start()`` inside a running event loop)."""
     scheduler = AsyncIOScheduler(
@@ -104,5 +121,16 @@ def build_scheduler(
             id="slack-sync",
             name="Slack history sync",
             next_run_time=utcnow() + min(first_run_delay, interval),
+        )
+    if runtime is not None and runtime.settings.maintenance_interval_minutes > 0:
+        every = timedelta(minutes=runtime.settings.maintenance_interval_minutes)
+        scheduler.add_job(
+            run_maintenance,
+            "interval",
+            seconds=every.total_seconds(),
+            args=[runtime],
+            id="maintenance",
+            name="Memory lifecycle maintenance",
+            next_run_time=utcnow() + min(first_run_delay, every),
         )
     return scheduler

@@ -64,7 +64,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                     await asyncio.wait_for(listening.wait(), timeout=10)
                 except TimeoutError:
                     log.warning("event listener not connected yet; streams see other replicas' changes later")
-            scheduler = build_scheduler(slack)
+            scheduler = build_scheduler(slack, runtime=runtime)
             scheduler.start()
             _app.state.scheduler = scheduler
             log.info("memory-server %s ready", __version__)
