@@ -323,6 +323,8 @@ def import_(
         + (" (re-embedded)" if report.reembedded else " (vectors from the file)"),
         err=True,
     )
+
+
 slack_app = typer.Typer(
     help="Slack history sync into memories (see docs/slack.md).", no_args_is_help=True, add_completion=False
 )

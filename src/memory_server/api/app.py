@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memory_server import __version__
 from memory_server.api import apps as apps_api
+from memory_server.api import backup as backup_api
 from memory_server.api import memories as memories_api
 from memory_server.api.limits import BodySizeLimit
 from memory_server.api.middleware import HttpMetrics
@@ -143,7 +144,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(memories_api.router)
     app.include_router(apps_api.router)
     app.include_router(slack_router)
+    app.include_router(backup_api.router)
     app.add_middleware(McpRouter, sse_app=sse_app, http_app=http_app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_request_bytes, exempt=frozenset({backup_api.IMPORT_PATH})
+    )
     app.add_middleware(HttpMetrics, routes_app=app.router)
     return app
