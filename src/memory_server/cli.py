@@ -143,6 +143,38 @@ def migrate() -> None:
 
 
 @app.command()
+def doctor(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what is found (SQL is the source of truth).")
+    ] = False,
+    user: Annotated[str | None, typer.Option(help="Check one user only.")] = None,
+) -> None:
+    """Compare SQL with the vector store: orphan vectors, missing vectors, stale content."""
+    from memory_server.logging_setup import configure_logging
+    from memory_server.runtime import Runtime
+
+    settings = _settings()
+    configure_logging("WARNING")
+    try:
+        runtime = Runtime.build(settings)
+    except (ConfigurationError, MemoryServerError) as exc:
+        _fail(str(exc))
+    try:
+        report = runtime.doctor().check(repair=repair, user_id=user)
+    finally:
+        runtime.close()
+    for drift in report.drift:
+        typer.echo(
+            f"{drift.user_id}: {len(drift.orphan_vectors)} orphan vector(s), "
+            f"{len(drift.missing_vectors)} missing vector(s), {len(drift.stale_content)} stale"
+            + (" - repaired" if repair else "")
+        )
+    typer.echo(f"checked {report.users_checked} user(s): " + ("no drift" if report.clean else "drift found"))
+    if not report.clean and not repair:
+        raise typer.Exit(1)
+
+
+@app.command()
 def maintenance() -> None:
     """Run one maintenance pass now: expire, archive and promote memories, categorise leftovers."""
     from memory_server.logging_setup import configure_logging
