@@ -91,10 +91,22 @@ def stdio(
     client: Annotated[
         str | None, typer.Option(help="Client (app) name, e.g. claude-desktop (DEFAULT_APP_ID).")
     ] = None,
+    standalone: Annotated[
+        bool,
+        typer.Option(
+            "--standalone",
+            help="Open the stores in this process instead of sharing the data directory's local server.",
+        ),
+    ] = False,
 ) -> None:
-    """Serve MCP over stdio (for Claude Desktop and other local clients). Logs go to stderr."""
+    """Serve MCP over stdio (for Claude Desktop and other local clients). Logs go to stderr.
+
+    On the embedded store, several stdio clients share one data directory through its local
+    server (started in the background when none runs); see docs/architecture.md.
+    """
     import anyio
 
+    from memory_server.config import load_providers
     from memory_server.identity import validate_client_name, validate_user_id
     from memory_server.logging_setup import configure_logging
     from memory_server.mcp.identity import PROCESS_IDENTITY
@@ -109,6 +121,14 @@ def stdio(
             validate_user_id(user or settings.user_id),
             validate_client_name(client or settings.default_app_id),
         )
+        embedded = not load_providers(settings).vector_store.config.get("url")
+        if embedded and not standalone:
+            from memory_server.mcp.bridge import ensure_local_server, run_bridge
+
+            url = ensure_local_server(settings.data_dir)
+            with contextlib.suppress(KeyboardInterrupt):
+                anyio.run(run_bridge, url, caller.user_id, caller.client_name)
+            return
         runtime = Runtime.build(settings)
     except (ConfigurationError, MemoryServerError) as exc:
         _fail(str(exc))

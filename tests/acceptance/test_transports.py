@@ -6,8 +6,13 @@ user ids, so the tests share a server but no data.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -191,23 +196,77 @@ async def test_sse_lifecycle(server: Server, user_id: str, slash: str, mode: str
         await full_lifecycle(client, "acc-sse")
 
 
-async def test_stdio_lifecycle(tmp_path: Path, acceptance_model_dir: Path, user_id: str) -> None:
+def stop_background_server(data_dir: Path) -> None:
+    """Stop the server a bridged stdio client started for ``data_dir`` (it outlives its clients)."""
+    server_file = data_dir / "server.json"
+    if server_file.is_file():
+        with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
+            os.kill(int(json.loads(server_file.read_text())["pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while server_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def stdio_params(data_dir: Path, model_dir: Path, workdir: Path, user: str, client: str, *flags: str) -> Any:
+    command = server_command()
+    return StdioServerParameters(
+        command=command[0],
+        args=[*command[1:], "stdio", "--user", user, "--client", client, *flags],
+        env=child_env(data_dir, model_dir),
+        cwd=workdir,
+    )
+
+
+@pytest.mark.parametrize("mode", ["bridged", "standalone"])
+async def test_stdio_lifecycle(tmp_path: Path, acceptance_model_dir: Path, user_id: str, mode: str) -> None:
     # A data dir of its own: embedded Qdrant allows one process per data dir.
     data_dir, workdir = tmp_path / "stdio-data", tmp_path / "stdio-cwd"
     workdir.mkdir()
     log_path = tmp_path / "stdio.log"
     register_log(log_path)
-    command = server_command()
-    params = StdioServerParameters(
-        command=command[0],
-        args=[*command[1:], "stdio", "--user", user_id, "--client", "acc-stdio"],
-        env=child_env(data_dir, acceptance_model_dir),
-        cwd=workdir,
-    )
-    with log_path.open("w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog)) as client:
-            await full_lifecycle(client, "acc-stdio")
-    assert (data_dir / "memory.db").is_file(), "stdio server did not use its MEMORY_DATA_DIR"
+    register_log(data_dir / "serve.log")
+    flags = ["--standalone"] if mode == "standalone" else []
+    params = stdio_params(data_dir, acceptance_model_dir, workdir, user_id, "acc-stdio", *flags)
+    try:
+        with log_path.open("w") as errlog:
+            async with Client(stdio_client(params, errlog=errlog)) as client:
+                await full_lifecycle(client, "acc-stdio")
+        assert (data_dir / "memory.db").is_file(), "stdio server did not use its MEMORY_DATA_DIR"
+        assert (data_dir / "server.json").is_file() == (mode == "bridged")
+    finally:
+        stop_background_server(data_dir)
+
+
+async def test_three_stdio_clients_share_one_data_dir(tmp_path: Path, acceptance_model_dir: Path) -> None:
+    """Claude Desktop, Claude Code and Cursor at once on one data dir: no embedded-store lock errors."""
+    data_dir, workdir = tmp_path / "shared-data", tmp_path / "shared-cwd"
+    workdir.mkdir()
+    register_log(data_dir / "serve.log")
+    user = f"shared-{uuid.uuid4().hex[:8]}"
+    clients = ["claude-desktop", "claude-code", "cursor"]
+
+    async def one(client_name: str) -> set[str]:
+        params = stdio_params(data_dir, acceptance_model_dir, workdir, user, client_name)
+        with (tmp_path / f"{client_name}.log").open("w") as errlog:
+            async with Client(stdio_client(params, errlog=errlog)) as client:
+                text = f"{client_name} noted: my favourite {client_name.split('-')[-1]} shortcut is ctrl-k"
+                added = await client.call_tool("add_memories", {"text": text, "infer": False})
+                assert not added.is_error, added.content
+                await asyncio.sleep(1.0)  # let the others write too before reading
+                for _ in range(50):
+                    listed = (await client.call_tool("list_memories", {})).structured_content
+                    assert listed is not None
+                    apps = {m["app"] for m in listed["results"]}
+                    if apps == set(clients):
+                        return apps
+                    await asyncio.sleep(0.2)
+                return apps
+
+    try:
+        seen = await asyncio.gather(*(one(name) for name in clients))
+    finally:
+        stop_background_server(data_dir)
+    assert all(apps == set(clients) for apps in seen), seen
 
 
 async def test_search_ranks_the_matching_memory_first(server: Server, user_id: str) -> None:

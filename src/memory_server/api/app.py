@@ -25,6 +25,7 @@ from memory_server.api.slack import router as slack_router
 from memory_server.config import Settings
 from memory_server.errors import MemoryServerError
 from memory_server.events import listen_postgres
+from memory_server.mcp.bridge import announce, withdraw
 from memory_server.mcp.router import McpRouter
 from memory_server.mcp.server import build_mcp
 from memory_server.metrics import ERRORS, StoredMemoriesCollector
@@ -68,11 +69,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             scheduler = build_scheduler(slack, runtime=runtime)
             scheduler.start()
             _app.state.scheduler = scheduler
+            if runtime.vectors.is_local:  # let stdio clients of this data dir find us
+                announce(settings.data_dir, settings.host, settings.port)
             log.info("memory-server %s ready", __version__)
             try:
                 yield
             finally:
                 log.info("memory-server shutting down")
+                withdraw(settings.data_dir)
                 stop.set()
                 if listener is not None:
                     await listener
