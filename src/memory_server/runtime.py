@@ -12,6 +12,7 @@ from memory_server.services.apps import AppService
 from memory_server.services.categories import Categorizer
 from memory_server.services.lifecycle import LifecycleService, MaintenancePolicy, MaintenanceReport
 from memory_server.services.memories import Limits, MemoryService
+from memory_server.services.tokens import TokenService
 from memory_server.storage.database import Database, make_engine, migrate
 from memory_server.storage.embeddings import Embedder, create_embedder
 from memory_server.storage.mem0_pool import MemoryPool
@@ -36,6 +37,7 @@ class Runtime:
     apps: AppService
     categorizer: Categorizer
     policy: MaintenancePolicy
+    tokens: TokenService
 
     @classmethod
     def build(
@@ -111,6 +113,7 @@ class Runtime:
             AppService(db, pool, limits, clock),
             categorizer,
             policy,
+            TokenService(db, clock),
         )
 
     def maintain(self) -> tuple[MaintenanceReport, int]:
