@@ -85,6 +85,12 @@ def admin(who: PrincipalDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(admin)]
 
 
+def operator(who: PrincipalDep) -> None:
+    """Server-wide routes (the Slack sync): anyone with auth off, only admins with auth on."""
+    if who is not None and not who.is_admin:
+        raise Forbidden("this route needs an admin credential")
+
+
 def caller_for(rt: Runtime, user: str, app: str | None = None) -> Caller:
     """The user acting through REST; ``app`` only attributes new memories (a paused app does not block)."""
     name = app if app is not None else rt.settings.default_app_id
