@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 
 from memory_server.api.app import create_app
-from memory_server.config import Settings
+from memory_server.config import Settings, load_settings
 from memory_server.runtime import Runtime
 
 EXAMPLES_PER_ROUTE = 30
@@ -32,7 +32,17 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'fuzz.db'}"
 
 
-def test_no_server_errors_on_any_route(runtime: Runtime, settings: Settings) -> None:
+@pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "token-auth"])
+def test_no_server_errors_on_any_route(runtime: Runtime, settings: Settings, auth: bool) -> None:
+    headers: dict[str, str] = {}
+    if auth:
+        settings = load_settings(
+            data_dir=settings.data_dir,
+            database_url=settings.database_url,
+            embedding_model_dir=settings.embedding_model_dir,
+            auth_mode="token",
+        )
+        headers = {"Authorization": f"Bearer {runtime.tokens.create('fuzzer', is_admin=True)[1]}"}
     app = create_app(settings, runtime)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -50,7 +60,7 @@ def test_no_server_errors_on_any_route(runtime: Runtime, settings: Settings) -> 
             database=None,
         )
         def run(case: Any) -> None:
-            response = case.call()
+            response = case.call(headers=headers)
             if response.status_code >= 500:
                 failures.append(
                     f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}"

@@ -6,6 +6,7 @@ runs at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from memory_server.identity import validate_client_name, validate_user_id
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SLACK_API_BASE_URL = "https://slack.com/api/"
+DEFAULT_RATE_LIMIT_PER_MINUTE = 600
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -92,6 +94,26 @@ class Settings(BaseSettings):
     slack_include_join_leave: bool = Field(False, validation_alias=_env("SLACK_INCLUDE_JOIN_LEAVE"))
     slack_api_base_url: str = Field(SLACK_API_BASE_URL, validation_alias=_env("SLACK_API_BASE_URL"))
 
+    # Authentication (docs/security.md). None means "decide from HOST" (see auth_mode_resolved).
+    auth_mode: Literal["none", "token", "jwt"] | None = Field(None, validation_alias=_env("AUTH_MODE"))
+    allow_unauthenticated: bool = Field(False, validation_alias=_env("ALLOW_UNAUTHENTICATED"))
+    jwt_secret: SecretStr | None = Field(None, validation_alias=_env("JWT_SECRET"))
+    jwt_jwks_url: str | None = Field(None, validation_alias=_env("JWT_JWKS_URL"))
+    jwt_algorithms: str | None = Field(None, validation_alias=_env("JWT_ALGORITHMS"))
+    jwt_audience: str | None = Field(None, validation_alias=_env("JWT_AUDIENCE"))
+    jwt_issuer: str | None = Field(None, validation_alias=_env("JWT_ISSUER"))
+    jwt_user_claim: str = Field("sub", validation_alias=_env("JWT_USER_CLAIM"))
+    jwt_admin_claim: str = Field("roles", validation_alias=_env("JWT_ADMIN_CLAIM"))
+    jwt_admin_role: str = Field("memory-admin", validation_alias=_env("JWT_ADMIN_ROLE"))
+    cors_origins: str | None = Field(None, validation_alias=_env("CORS_ORIGINS"))
+    # None means "decide from HOST": off on loopback, DEFAULT_RATE_LIMIT_PER_MINUTE otherwise.
+    rate_limit_per_minute: int | None = Field(None, validation_alias=_env("RATE_LIMIT_PER_MINUTE"), ge=0)
+
+    @field_validator("auth_mode", mode="before")
+    @classmethod
+    def _lower_auth_mode(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
@@ -114,6 +136,14 @@ class Settings(BaseSettings):
         "slack_bot_token",
         "slack_channels",
         "slack_memory_user_id",
+        "auth_mode",
+        "jwt_secret",
+        "jwt_jwks_url",
+        "jwt_algorithms",
+        "jwt_audience",
+        "jwt_issuer",
+        "cors_origins",
+        "rate_limit_per_minute",
         mode="before",
     )
     @classmethod
@@ -172,6 +202,63 @@ class Settings(BaseSettings):
             )
         self.data_dir = self.data_dir.expanduser()
         return self
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether ``HOST`` is a loopback address (only this machine can connect)."""
+        host = self.host.strip("[]").lower()
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def auth_mode_resolved(self) -> Literal["none", "token", "jwt"]:
+        """``AUTH_MODE``, or its default: ``none`` on a loopback bind, ``token`` otherwise."""
+        if self.auth_mode is not None:
+            return self.auth_mode
+        return "none" if self.is_loopback else "token"
+
+    @property
+    def rate_limit_resolved(self) -> int:
+        """Requests per minute per credential; 0 is off (the default on a loopback bind)."""
+        if self.rate_limit_per_minute is not None:
+            return self.rate_limit_per_minute
+        return 0 if self.is_loopback else DEFAULT_RATE_LIMIT_PER_MINUTE
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``CORS_ORIGINS`` split on commas; empty means no cross-origin browser access."""
+        if not self.cors_origins:
+            return []
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def jwt_algorithm_list(self) -> list[str]:
+        """``JWT_ALGORITHMS``, or HS256 with a secret and RS256 with a JWKS URL."""
+        if self.jwt_algorithms:
+            return [a.strip() for a in self.jwt_algorithms.split(",") if a.strip()]
+        return ["RS256"] if self.jwt_jwks_url else ["HS256"]
+
+    def check_auth(self) -> None:
+        """Refuse an unsafe or incomplete authentication set-up, saying what to set."""
+        mode = self.auth_mode_resolved
+        if mode == "none" and not self.is_loopback and not self.allow_unauthenticated:
+            raise ConfigurationError(
+                f"refusing to serve without authentication on {self.host}, which other machines can "
+                "reach: set AUTH_MODE=token (and create a token with `memory-server token create`) "
+                "or AUTH_MODE=jwt, or set ALLOW_UNAUTHENTICATED=true if a proxy in front "
+                "authenticates every request"
+            )
+        if mode == "jwt":
+            if (self.jwt_secret is None) == (self.jwt_jwks_url is None):
+                raise ConfigurationError(
+                    "AUTH_MODE=jwt needs exactly one of JWT_SECRET (HS256) and JWT_JWKS_URL (RS256)"
+                )
+            if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+                raise ConfigurationError("JWT_SECRET is too short: use at least 32 random characters")
 
     @property
     def resolved_database_url(self) -> str:

@@ -32,6 +32,13 @@ class NotFound(MemoryServerError):
     code = "not_found"
 
 
+class Unauthorized(MemoryServerError):
+    """No credential, or one that is unknown, expired, revoked or badly signed."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class Forbidden(MemoryServerError):
     """The caller may not do this (paused app, identity mismatch)."""
 
@@ -51,6 +58,17 @@ class PayloadTooLarge(InvalidInput):
 
     status = 413
     code = "payload_too_large"
+
+
+class RateLimited(MemoryServerError):
+    """Too many requests with one credential; ``retry_after`` says when to try again (seconds)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(MemoryServerError):

@@ -20,6 +20,26 @@ class _DropExpectedToolErrors(logging.Filter):
         return not isinstance(exc, ToolError)
 
 
+class RedactCredentials(logging.Filter):
+    """Masks ``?token=`` values, bearer credentials and API tokens in every record.
+
+    uvicorn's access log prints the query string; the authentication middleware already
+    strips ``token`` from it, and this filter is the second lock for anything else.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from memory_server.auth import redact
+
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every log record to stderr as one JSON object per line."""
     handler = logging.StreamHandler(sys.stderr)
@@ -30,6 +50,7 @@ def configure_logging(level: str = "INFO") -> None:
         )
     )
     handler.addFilter(_DropExpectedToolErrors())
+    handler.addFilter(RedactCredentials())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

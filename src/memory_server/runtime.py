@@ -13,6 +13,7 @@ from memory_server.services.categories import Categorizer
 from memory_server.services.doctor import Doctor
 from memory_server.services.lifecycle import LifecycleService, MaintenancePolicy, MaintenanceReport
 from memory_server.services.memories import Limits, MemoryService
+from memory_server.services.tokens import TokenService
 from memory_server.storage.database import Database, make_engine, migrate
 from memory_server.storage.embeddings import Embedder, create_embedder
 from memory_server.storage.mem0_pool import MemoryPool
@@ -37,6 +38,7 @@ class Runtime:
     apps: AppService
     categorizer: Categorizer
     policy: MaintenancePolicy
+    tokens: TokenService
 
     @classmethod
     def build(
@@ -112,6 +114,7 @@ class Runtime:
             AppService(db, pool, limits, clock),
             categorizer,
             policy,
+            TokenService(db, clock),
         )
 
     def doctor(self) -> Doctor:

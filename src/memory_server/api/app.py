@@ -11,17 +11,21 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memory_server import __version__
+from memory_server.api import admin as admin_api
 from memory_server.api import apps as apps_api
 from memory_server.api import backup as backup_api
 from memory_server.api import memories as memories_api
 from memory_server.api.limits import BodySizeLimit
 from memory_server.api.middleware import HttpMetrics
+from memory_server.api.security import Authentication
 from memory_server.api.slack import router as slack_router
+from memory_server.auth import Authenticator
 from memory_server.config import Settings
 from memory_server.errors import MemoryServerError
 from memory_server.events import listen_postgres
@@ -43,7 +47,9 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """Build the whole HTTP server from settings (or from a ready runtime, in tests)."""
+    settings.check_auth()
     runtime = runtime or Runtime.build(settings)
+    authenticator = Authenticator(settings, runtime.tokens)
     mcp = build_mcp(runtime.memories)
     sse_app = mcp.http_app(transport="sse", path="/")
     http_app = mcp.http_app(transport="http", path="/")
@@ -92,6 +98,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.auth = authenticator
     app.state.mcp = mcp
     app.state.slack = slack
     app.state.scheduler = None
@@ -149,9 +156,29 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(apps_api.router)
     app.include_router(slack_router)
     app.include_router(backup_api.router)
-    app.add_middleware(McpRouter, sse_app=sse_app, http_app=http_app)
+    app.include_router(admin_api.router)
+    # Outermost last: metrics, CORS, body size, authentication and rate limit, MCP routing.
+    app.add_middleware(McpRouter, sse_app=sse_app, http_app=http_app, auth_enabled=authenticator.enabled)
+    app.add_middleware(
+        Authentication, authenticator=authenticator, rate_limit_per_minute=settings.rate_limit_resolved
+    )
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_request_bytes, exempt=frozenset({backup_api.IMPORT_PATH})
     )
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-User-Id",
+                "Mcp-Session-Id",
+                "Mcp-Protocol-Version",
+            ],
+            expose_headers=["Mcp-Session-Id", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(HttpMetrics, routes_app=app.router)
     return app

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi_pagination import Page, Params, create_page
 from pydantic import BaseModel
 
-from memory_server.api.deps import RuntimeDep, UserDep, caller_for
+from memory_server.api.deps import PrincipalDep, RuntimeDep, UserDep, caller_for, require_unscoped
 from memory_server.schemas import MemoryOut
 from memory_server.services.apps import AppOut, CategoryOut, Stats
 
@@ -30,7 +30,8 @@ def get_app(rt: RuntimeDep, user: UserDep, app_id: str) -> AppOut:
 
 
 @router.put("/apps/{app_id}", response_model=AppOut, summary="Pause or resume an app")
-def update_app(rt: RuntimeDep, user: UserDep, app_id: str, body: AppUpdate) -> AppOut:
+def update_app(rt: RuntimeDep, user: UserDep, who: PrincipalDep, app_id: str, body: AppUpdate) -> AppOut:
+    require_unscoped(who)
     return rt.apps.set_active(caller_for(rt, user), app_id, body.is_active)
 
 

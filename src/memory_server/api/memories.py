@@ -12,11 +12,12 @@ from fastapi_pagination import Page, Params, create_page
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
-from memory_server.api.deps import RuntimeDep, UserDep, caller_for
+from memory_server.api.deps import PrincipalDep, RuntimeDep, UserDep, acting_app, caller_for
 from memory_server.schemas import AddResult, DeleteResult, MemoryOut, MemoryTypeName, SearchResult, StateName
 from memory_server.services.base import MAX_DELETE_IDS, MAX_SEARCH_LIMIT
 from memory_server.services.filters import MemoryFilter
 from memory_server.services.lifecycle import AccessLogEntry, HistoryEntry, StateChange
+from memory_server.services.memories import Caller
 
 router = APIRouter(prefix="/api/v1", tags=["memories"])
 
@@ -101,10 +102,13 @@ def list_memories(
 
 
 @router.post("/memories", response_model=AddResult, summary="Add memories")
-def add_memories(rt: RuntimeDep, user: UserDep, body: AddMemoryRequest) -> AddResult:
+def add_memories(rt: RuntimeDep, user: UserDep, who: PrincipalDep, body: AddMemoryRequest) -> AddResult:
     messages = [m.model_dump() for m in body.messages] if body.messages is not None else None
+    caller = caller_for(rt, user, acting_app(who, body.app))
+    if who is not None and who.app is not None:  # an app's own token obeys its paused state
+        caller = Caller(caller.user_id, caller.client_name)
     return rt.memories.add(
-        caller_for(rt, user, body.app),
+        caller,
         text=body.text,
         infer=body.infer,
         metadata=body.metadata,

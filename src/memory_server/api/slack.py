@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from memory_server.api.deps import operator
 from memory_server.slack.state import ChannelStatus
 from memory_server.slack.sync import SlackSync, SyncReport
 
-router = APIRouter(prefix="/api/v1/slack", tags=["slack"])
+router = APIRouter(prefix="/api/v1/slack", tags=["slack"], dependencies=[Depends(operator)])
 
 
 class SlackStatus(BaseModel):

@@ -14,7 +14,15 @@ from memory_server.schemas import MemoryPage
 from memory_server.services.base import Actor, Caller, ServiceBase
 from memory_server.services.filters import MemoryFilter
 from memory_server.services.memories import MemoryService
-from memory_server.storage.models import App, Category, Memory, MemoryAccessLog, MemoryCategory, MemoryState
+from memory_server.storage.models import (
+    App,
+    Category,
+    Memory,
+    MemoryAccessLog,
+    MemoryCategory,
+    MemoryState,
+    User,
+)
 
 
 class AppOut(BaseModel):
@@ -39,6 +47,13 @@ class Stats(BaseModel):
     by_app: dict[str, int]
     by_category: dict[str, int]
     by_memory_type: dict[str, int]
+
+
+class UserOut(BaseModel):
+    user_id: str
+    created_at: datetime
+    memories: int = Field(description="memories that are not deleted")
+    apps: int
 
 
 class AppService(ServiceBase):
@@ -173,6 +188,36 @@ class AppService(ServiceBase):
         return [
             CategoryOut(name=c.name, description=c.description, memories=counts.get(c.id, 0)) for c in rows
         ]
+
+    # ---------------------------------------------------------------- admin
+
+    def users(self) -> list[UserOut]:
+        """Every user with their counts of live memories and apps (admin only)."""
+        live = Memory.state != MemoryState.deleted.value
+        with self.db.session() as session:
+            memories = dict(
+                session.execute(
+                    select(Memory.user_id, func.count()).where(live).group_by(Memory.user_id)
+                ).all()
+            )
+            apps = dict(session.execute(select(App.owner_id, func.count()).group_by(App.owner_id)).all())
+            rows = session.scalars(select(User).order_by(User.user_id)).all()
+            return [
+                UserOut(
+                    user_id=u.user_id,
+                    created_at=u.created_at,
+                    memories=memories.get(u.id, 0),
+                    apps=apps.get(u.id, 0),
+                )
+                for u in rows
+            ]
+
+    def require_user(self, user_id: str) -> str:
+        """``user_id`` if that user exists, else ``NotFound`` (admin routes never create users)."""
+        with self.db.session() as session:
+            if session.scalar(select(User.id).where(User.user_id == user_id)) is None:
+                raise NotFound(f"no user {user_id[:128]!r}")
+        return user_id
 
 
 def _app_id(value: Any) -> str:
