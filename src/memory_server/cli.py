@@ -128,7 +128,8 @@ def stdio(
 
             url = ensure_local_server(settings.data_dir)
             with contextlib.suppress(KeyboardInterrupt):
-                anyio.run(run_bridge, url, caller.user_id, caller.client_name)
+                token = settings.server_token.get_secret_value() if settings.server_token else None
+                anyio.run(run_bridge, url, caller.user_id, caller.client_name, token)
             return
         runtime = Runtime.build(settings)
     except (ConfigurationError, MemoryServerError) as exc:

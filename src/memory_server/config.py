@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     search_min_score: float = Field(0.0, validation_alias=_env("SEARCH_MIN_SCORE"), ge=-1, le=1)
     memory_pool_size: int = Field(256, validation_alias=_env("MEMORY_POOL_SIZE"), ge=1)
     max_request_bytes: int = Field(1_048_576, validation_alias=_env("MAX_REQUEST_BYTES"), ge=1024)
+    server_token: SecretStr | None = Field(None, validation_alias=_env("MEMORY_SERVER_TOKEN"))
     max_import_bytes: int = Field(536_870_912, validation_alias=_env("MAX_IMPORT_BYTES"), ge=1024)
 
     short_term_ttl_days: float = Field(7, validation_alias=_env("SHORT_TERM_TTL_DAYS"), gt=0)

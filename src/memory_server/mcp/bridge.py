@@ -105,9 +105,18 @@ def ensure_local_server(data_dir: Path) -> str:
         raise ConfigurationError(f"the background server did not start in time; see {log_path}")
 
 
-async def run_bridge(url: str, user_id: str, client_name: str) -> None:
-    """Relay MCP over stdio to the server's streamable HTTP endpoint for this user and client."""
+async def run_bridge(url: str, user_id: str, client_name: str, token: str | None = None) -> None:
+    """Relay MCP over stdio to the server's streamable HTTP endpoint for this user and client.
+
+    When the local server requires authentication, ``token`` (MEMORY_SERVER_TOKEN) is sent
+    as the ``token`` query parameter, which the server strips before logging.
+    """
+    from urllib.parse import quote
+
     from fastmcp.server.server import create_proxy
 
-    proxy = create_proxy(f"{url}/mcp/{client_name}/http/{user_id}", name="memory-server")
+    target = f"{url}/mcp/{client_name}/http/{user_id}"
+    if token:
+        target += f"?token={quote(token)}"
+    proxy = create_proxy(target, name="memory-server")
     await proxy.run_stdio_async(show_banner=False)
