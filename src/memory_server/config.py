@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, validation_alias=_env("QDRANT_URL"))
     qdrant_api_key: SecretStr | None = Field(None, validation_alias=_env("QDRANT_API_KEY"))
     config_file: Path | None = Field(None, validation_alias=_env("MEMORY_CONFIG_FILE"))
+    vector_engine: Literal["edge", "qdrant-local"] = Field("edge", validation_alias=_env("VECTOR_ENGINE"))
+    vector_index_threshold: int = Field(20_000, validation_alias=_env("VECTOR_INDEX_THRESHOLD"), ge=1)
+    search_mode: Literal["hybrid", "dense"] = Field("hybrid", validation_alias=_env("SEARCH_MODE"))
+    search_dense_weight: float = Field(0.4, validation_alias=_env("SEARCH_DENSE_WEIGHT"), ge=0, le=1)
+    search_context_weight: float = Field(0.2, validation_alias=_env("SEARCH_CONTEXT_WEIGHT"), ge=0, le=1)
 
     user_id: str = Field("default-user", validation_alias=_env("USER_ID"))
     default_app_id: str = Field("default", validation_alias=_env("DEFAULT_APP_ID"))
@@ -74,6 +79,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
     port: int = Field(8765, validation_alias=_env("PORT"), ge=1, le=65535)
+
+    @field_validator("vector_engine", "search_mode", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod
