@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -22,7 +23,7 @@ from memory_server.storage.embeddings import FastEmbedEmbedder, provision_minilm
 # Environment variables the server reads; none of a developer's may leak into a test.
 _OUR_VARS = re.compile(
     r"^(MEMORY_|DATABASE_URL$|QDRANT_|USER_ID$|DEFAULT_APP_ID$|OPENAI_|LLM_|EMBEDDER_|EMBEDDING_|"
-    r"LOG_LEVEL$|HOST$|PORT$|MAX_MEMORY_BYTES$|DUPLICATE_THRESHOLD$|SEARCH_MIN_SCORE$)"
+    r"LOG_LEVEL$|HOST$|PORT$|MAX_MEMORY_BYTES$|DUPLICATE_THRESHOLD$|SEARCH_MIN_SCORE$|SLACK_)"
 )
 # Captured before any test strips the environment.
 _PG_ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://memtest:memtest@127.0.0.1:5432/postgres")
@@ -65,21 +66,39 @@ def postgres_available() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _fresh_postgres_database() -> Iterator[str]:
+    name = f"memtest_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield (
+            make_url(_PG_ADMIN_URL)
+            .set(drivername="postgresql+psycopg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with _pg_admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def postgres_url(postgres_available: bool) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     if not postgres_available:
         pytest.skip("PostgreSQL not reachable: run scripts/postgres-for-tests, or set TEST_DATABASE_URL")
-    name = f"memtest_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield (
-        make_url(_PG_ADMIN_URL)
-        .set(drivername="postgresql+psycopg", database=name)
-        .render_as_string(hide_password=False)
-    )
-    with _pg_admin() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with _fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def second_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """Another empty database on the same backend as ``database_url`` (a second server's)."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'second.db'}"
+        return
+    with _fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

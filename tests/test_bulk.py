@@ -10,6 +10,7 @@ from sqlalchemy import text
 from memory_server.errors import Unavailable
 from memory_server.runtime import Runtime
 from memory_server.services.bulk import BulkItem
+from memory_server.services.filters import MemoryFilter
 from memory_server.services.memories import Caller, MemoryService
 
 TOPICS = ["sailing", "pottery", "chess", "jazz piano", "birdwatching", "rock climbing", "baking", "astronomy"]
@@ -114,3 +115,65 @@ def test_sql_failure_undoes_the_batch_vectors(
     with pytest.raises(Unavailable):
         service.upsert_many(alice, [item(n) for n in range(2, 12)])
     assert point_count(runtime, alice) == 1 and service.list_memories(alice).total == 1
+
+
+def test_whole_memories_keep_app_state_type_categories_and_vector(
+    service: MemoryService, runtime: Runtime, alice: Caller
+) -> None:
+    vector = runtime.embedder.embed(["a different sentence entirely"])[0]
+    full = BulkItem(
+        item(1).memory_id,
+        "The archive of the 2019 tax return lives in the blue folder",
+        {"source": "import"},
+        app="cursor",
+        state="archived",
+        memory_type="rule",
+        importance=0.9,
+        categories=["Finance", "paperwork"],
+        access_count=4,
+        vector=vector,
+    )
+    wrong_size = BulkItem(item(2).memory_id, "A vector of the wrong size", vector=[0.1, 0.2])
+    deleted_state = BulkItem(item(3).memory_id, "Cannot arrive deleted", state="deleted")
+    result = service.upsert_many(alice, [full, wrong_size, deleted_state])
+    assert result.added == [full.memory_id]
+    assert "dimension" in result.skipped[wrong_size.memory_id]
+    assert "cannot be written" in result.skipped[deleted_state.memory_id]
+    [stored] = service.list_memories(
+        alice, filters=MemoryFilter(states=["archived"]), log_access=False
+    ).results
+    assert (stored.app, stored.state, stored.memory_type, stored.importance) == (
+        "cursor",
+        "archived",
+        "rule",
+        0.9,
+    )
+    assert stored.categories == ["finance", "paperwork"] and stored.archived_at is not None
+    assert stored.access_count == 4
+    [point] = runtime.pool.get("alice").store.retrieve_many([full.memory_id], with_vectors=True)
+    assert point.vector == pytest.approx(vector, abs=1e-6)
+    with runtime.db.engine.connect() as conn:
+        history = conn.execute(
+            text("SELECT old_state, new_state FROM memory_status_history WHERE memory_id = :m"),
+            {"m": full.memory_id},
+        ).all()
+        versions = conn.execute(
+            text("SELECT version, content FROM memory_versions WHERE memory_id = :m"), {"m": full.memory_id}
+        ).all()
+    assert [tuple(h) for h in history] == [(None, "archived")]
+    assert [tuple(v) for v in versions] == [(1, full.text)]
+
+
+def test_skip_and_overwrite_leave_or_replace_stored_memories(service: MemoryService, alice: Caller) -> None:
+    service.upsert_many(alice, [item(1), item(2)])
+    edited = BulkItem(item(1).memory_id, "Edited text for the first message", state="paused", importance=0.1)
+    same = BulkItem(item(2).memory_id, item(2).text, {"n": 2})
+    skipped = service.upsert_many(alice, [edited, same], on_existing="skip")
+    assert skipped.unchanged == [same.memory_id] and list(skipped.skipped) == [edited.memory_id]
+    assert service.get(alice, edited.memory_id).text == item(1).text
+    overwritten = service.upsert_many(alice, [edited, same], on_existing="overwrite")
+    assert overwritten.updated == [edited.memory_id] and overwritten.unchanged == [same.memory_id]
+    stored = service.get(alice, edited.memory_id)
+    assert (stored.text, stored.state, stored.importance, stored.metadata) == (edited.text, "paused", 0.1, {})
+    again = service.upsert_many(alice, [edited], on_existing="overwrite")
+    assert again.unchanged == [edited.memory_id]

@@ -85,3 +85,34 @@ async def test_unreachable_server_is_unavailable() -> None:
     async with MemoryClient(f"http://127.0.0.1:{free_port()}", user_id="erin", timeout=2) as client:
         with pytest.raises(UnavailableError, match="cannot reach"):
             await client.stats()
+
+
+async def test_export_and_import_through_rest(
+    url: str, runtime: Runtime, second_database_url: str, tmp_path: Path, embedder: object, model_dir: Path
+) -> None:
+    from memory_server.config import load_settings
+
+    async with MemoryClient(url, user_id="frank") as source:
+        await source.add("Frank's bike lock code is 3319", memory_type="rule", importance=0.9)
+        await source.add("Frank plays five-a-side football on Wednesdays", app="phone")
+        exported = await source.export(vectors=True)
+        assert exported[:2] == b"\x1f\x8b"  # gzip
+
+    other_settings = load_settings(
+        data_dir=tmp_path / "other", database_url=second_database_url, embedding_model_dir=model_dir
+    )
+    other = Runtime.build(other_settings, embedder=embedder)  # type: ignore[arg-type]
+    try:
+        with serve_in_thread(create_app(other_settings, other), lifespan="on") as other_url:
+            async with MemoryClient(other_url, user_id="frank") as target:
+                report = await target.import_file(exported)
+                assert (report.total, report.added) == (2, 2) and report.reembedded is False
+                again = await target.import_file(exported)
+                assert again.added == 0 and again.unchanged == 2
+                found = await target.search("what is the code for my bicycle lock?", limit=1)
+                assert found[0].text == "Frank's bike lock code is 3319" and found[0].memory_type == "rule"
+                assert {m.app async for m in target.iterate()} == {"default", "phone"}
+                with pytest.raises(InvalidInputError, match="gzip|JSON|header|format"):
+                    await target.import_file(b"not an export")
+    finally:
+        other.close()

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from memory_server.config import Settings, load_settings
 from memory_server.runtime import Runtime
+from memory_server.services.filters import MemoryFilter
 from memory_server.services.memories import Caller
 from memory_server.storage.embeddings import FastEmbedEmbedder
 from memory_server.storage.models import MemoryStatusHistory
@@ -183,3 +184,27 @@ def test_a_failing_llm_never_loses_the_memory(llm_runtime: tuple[Runtime, FakeOp
     fake.fail_with = None
     rt.maintain()
     assert rt.memories.get(alice, memory.id).categories == ["birdwatching", "hobbies"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_serve_runs_maintenance_on_its_interval(
+    settings: Settings, embedder: FastEmbedEmbedder, alice: Caller
+) -> None:
+    import asyncio
+
+    from memory_server.api.app import create_app
+
+    fast = settings.model_copy(update={"maintenance_interval_minutes": 0.01, "short_term_ttl_days": 0.00001})
+    rt = Runtime.build(fast, embedder=embedder)
+    app = create_app(fast, rt)
+    async with app.router.lifespan_context(app):
+        job = app.state.scheduler.get_job("maintenance")
+        assert job is not None and job.max_instances == 1 and job.coalesce is True
+        memory = rt.memories.add(alice, "Tram stop moved to Elm Road", memory_type="short_term").results[0]
+        deadline = asyncio.get_running_loop().time() + 30
+        archived = MemoryFilter(states=["archived"])
+        # polling with list (not get: a get counts as a use, and enough uses would promote it)
+        while [m.id for m in rt.memories.list_memories(alice, filters=archived).results] != [memory.id]:
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail("the scheduled maintenance never archived the expired memory")
+            await asyncio.sleep(0.1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -308,6 +309,12 @@ async def test_another_user_can_reach_nothing(api: httpx.AsyncClient, runtime: R
     assert bob_stats["total"] == 0 and bob_stats["by_app"] == {}
     assert all(c["memories"] == 0 for c in (await api.get("/api/v1/categories", headers=BOB)).json())
     assert "cursor" not in {a["name"] for a in (await api.get("/api/v1/apps", headers=BOB)).json()}
+    exported = await api.post("/api/v1/backup/export", json={"vectors": True}, headers=BOB)
+    assert exported.status_code == 200 and b"locker" not in gzip.decompress(exported.content)
+    # alice's own export, imported by bob, lands nowhere near alice: the ids are hers, so they are skipped
+    mine_exported = (await api.post("/api/v1/backup/export", json={})).content
+    imported = await api.post("/api/v1/backup/import", content=mine_exported, headers=BOB)
+    assert imported.json()["added"] == 0 and imported.json()["skipped"] == {mid: "the id is already in use"}
 
     after = (await api.get(f"/api/v1/memories/{mid}")).json()
     assert (after["text"], after["state"], after["updated_at"]) == (

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from memory_server.schemas import AddResult, DeleteResult, MemoryOut, SearchResult
 from memory_server.services.apps import AppOut, CategoryOut, Stats
+from memory_server.services.backup import ImportReport
 from memory_server.services.lifecycle import AccessLogEntry, HistoryEntry, StateChange
 
 T = TypeVar("T")
@@ -185,7 +186,7 @@ class MemoryClient:
         response = await self._request("GET", "/memories", params=params)
         return Page[MemoryOut].model_validate(response.json())
 
-    async def iterate(self, size: int = 200, **filters: Any) -> AsyncIterator[MemoryOut]:
+    async def iterate(self, size: int = 100, **filters: Any) -> AsyncIterator[MemoryOut]:
         """Every memory matching ``filters``, page by page."""
         page = 1
         while True:
@@ -249,6 +250,31 @@ class MemoryClient:
     async def related(self, memory_id: str, limit: int = 10) -> list[MemoryOut]:
         response = await self._request("GET", f"/memories/{memory_id}/related", params={"limit": limit})
         return SearchResult.model_validate(response.json()).results
+
+    # ------------------------------------------------------------------ backup
+
+    async def export(
+        self, *, app: str | None = None, since: datetime | None = None, vectors: bool = False
+    ) -> bytes:
+        """This user's memories as an export file (gzip'd JSON Lines; see docs/backup.md)."""
+        body: dict[str, Any] = {"vectors": vectors}
+        if app is not None:
+            body["app"] = app
+        if since is not None:
+            body["since"] = since.isoformat()
+        response = await self._request("POST", "/backup/export", json=body)
+        return response.content
+
+    async def import_file(self, data: bytes, *, mode: str = "skip") -> ImportReport:
+        """Import an export file into this user's memories; running it again adds nothing twice."""
+        response = await self._request(
+            "POST",
+            "/backup/import",
+            params={"mode": mode},
+            content=data,
+            headers={"Content-Type": "application/gzip"},
+        )
+        return ImportReport.model_validate(response.json())
 
     # ------------------------------------------------------------------ apps and totals
 

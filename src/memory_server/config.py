@@ -22,6 +22,7 @@ from memory_server.identity import validate_client_name, validate_user_id
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+SLACK_API_BASE_URL = "https://slack.com/api/"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     search_min_score: float = Field(0.0, validation_alias=_env("SEARCH_MIN_SCORE"), ge=-1, le=1)
     memory_pool_size: int = Field(256, validation_alias=_env("MEMORY_POOL_SIZE"), ge=1)
     max_request_bytes: int = Field(1_048_576, validation_alias=_env("MAX_REQUEST_BYTES"), ge=1024)
+    max_import_bytes: int = Field(536_870_912, validation_alias=_env("MAX_IMPORT_BYTES"), ge=1024)
 
     short_term_ttl_days: float = Field(7, validation_alias=_env("SHORT_TERM_TTL_DAYS"), gt=0)
     maintenance_interval_minutes: float = Field(
@@ -79,6 +81,21 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
     port: int = Field(8765, validation_alias=_env("PORT"), ge=1, le=65535)
+
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    slack_channels: str | None = Field(None, validation_alias=_env("SLACK_CHANNELS"))
+    # A float so that tests (and impatient people) can use fractions of a minute.
+    slack_sync_interval_minutes: float = Field(
+        30, validation_alias=_env("SLACK_SYNC_INTERVAL_MINUTES"), gt=0, le=7 * 24 * 60
+    )
+    slack_backfill_days: float = Field(30, validation_alias=_env("SLACK_BACKFILL_DAYS"), ge=0, le=3650)
+    slack_memory_user_id: str | None = Field(None, validation_alias=_env("SLACK_MEMORY_USER_ID"))
+    slack_thread_window_days: float = Field(
+        7, validation_alias=_env("SLACK_THREAD_WINDOW_DAYS"), ge=0, le=365
+    )
+    slack_include_bot_messages: bool = Field(False, validation_alias=_env("SLACK_INCLUDE_BOT_MESSAGES"))
+    slack_include_join_leave: bool = Field(False, validation_alias=_env("SLACK_INCLUDE_JOIN_LEAVE"))
+    slack_api_base_url: str = Field(SLACK_API_BASE_URL, validation_alias=_env("SLACK_API_BASE_URL"))
 
     @field_validator("vector_engine", "search_mode", mode="before")
     @classmethod
@@ -104,6 +121,9 @@ class Settings(BaseSettings):
         "embedding_dims",
         "embedding_model_dir",
         "config_file",
+        "slack_bot_token",
+        "slack_channels",
+        "slack_memory_user_id",
         mode="before",
     )
     @classmethod
@@ -117,6 +137,24 @@ class Settings(BaseSettings):
             return validate_user_id(value)
         except Exception as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("slack_memory_user_id")
+    @classmethod
+    def _valid_slack_user(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate_user_id(value)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("slack_api_base_url")
+    @classmethod
+    def _slack_url(cls, value: str) -> str:
+        value = value.strip() or SLACK_API_BASE_URL
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("SLACK_API_BASE_URL must start with http:// or https://")
+        return value if value.endswith("/") else value + "/"
 
     @field_validator("default_app_id")
     @classmethod
@@ -155,6 +193,23 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Whether the Slack sync runs (it needs ``SLACK_BOT_TOKEN``)."""
+        return self.slack_bot_token is not None
+
+    @property
+    def slack_channel_list(self) -> list[str]:
+        """``SLACK_CHANNELS`` split on commas, ``#`` dropped; empty means every channel the bot is in."""
+        if not self.slack_channels:
+            return []
+        return [c.strip().lstrip("#") for c in self.slack_channels.split(",") if c.strip().lstrip("#")]
+
+    @property
+    def slack_target_user(self) -> str:
+        """The user whose memory receives Slack messages."""
+        return self.slack_memory_user_id or self.user_id
 
     @property
     def model_dir(self) -> Path:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from memory_server.config import ProvidersConfig, Settings, load_providers
 from memory_server.services.apps import AppService
 from memory_server.services.categories import Categorizer
+from memory_server.services.doctor import Doctor
 from memory_server.services.lifecycle import LifecycleService, MaintenancePolicy, MaintenanceReport
 from memory_server.services.memories import Limits, MemoryService
 from memory_server.storage.database import Database, make_engine, migrate
@@ -141,6 +142,10 @@ class Runtime:
             categorizer,
             policy,
         )
+
+    def doctor(self) -> Doctor:
+        """The SQL/vector drift checker over this runtime's stores."""
+        return Doctor(self.db, self.pool, self.memories.limits, self.memories.clock)
 
     def maintain(self) -> tuple[MaintenanceReport, int]:
         """One maintenance pass: lifecycle rules, then categorise what is still uncategorised."""

@@ -17,9 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memory_server import __version__
 from memory_server.api import apps as apps_api
+from memory_server.api import backup as backup_api
 from memory_server.api import memories as memories_api
 from memory_server.api.limits import BodySizeLimit
 from memory_server.api.middleware import HttpMetrics
+from memory_server.api.slack import router as slack_router
 from memory_server.config import Settings
 from memory_server.errors import MemoryServerError
 from memory_server.events import listen_postgres
@@ -27,6 +29,8 @@ from memory_server.mcp.router import McpRouter
 from memory_server.mcp.server import build_mcp
 from memory_server.metrics import ERRORS, StoredMemoriesCollector
 from memory_server.runtime import Runtime
+from memory_server.scheduler import build_scheduler
+from memory_server.slack.sync import SlackSync
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     http_app = mcp.http_app(transport="http", path="/")
     registry = CollectorRegistry(auto_describe=True)
     registry.register(StoredMemoriesCollector(runtime.memories.count_by_state))
+    slack = SlackSync(settings, runtime.memories, runtime.db)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +65,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                     await asyncio.wait_for(listening.wait(), timeout=10)
                 except TimeoutError:
                     log.warning("event listener not connected yet; streams see other replicas' changes later")
+            scheduler = build_scheduler(slack, runtime=runtime)
+            scheduler.start()
+            _app.state.scheduler = scheduler
             log.info("memory-server %s ready", __version__)
             try:
                 yield
@@ -68,6 +76,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 stop.set()
                 if listener is not None:
                     await listener
+                scheduler.shutdown(wait=False)
+                await slack.aclose()  # before the runtime closes under a running sync
         runtime.close()
 
     app = FastAPI(
@@ -79,6 +89,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     app.state.mcp = mcp
+    app.state.slack = slack
+    app.state.scheduler = None
 
     @app.exception_handler(MemoryServerError)
     async def domain_error(_request: Request, exc: MemoryServerError) -> JSONResponse:
@@ -131,7 +143,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     app.include_router(memories_api.router)
     app.include_router(apps_api.router)
+    app.include_router(slack_router)
+    app.include_router(backup_api.router)
     app.add_middleware(McpRouter, sse_app=sse_app, http_app=http_app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_request_bytes, exempt=frozenset({backup_api.IMPORT_PATH})
+    )
     app.add_middleware(HttpMetrics, routes_app=app.router)
     return app

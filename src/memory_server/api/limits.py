@@ -13,9 +13,10 @@ class _TooLarge(Exception):
 class BodySizeLimit:
     """Pure ASGI middleware: checks Content-Length, and counts streamed bodies too."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt  # routes that enforce their own (larger) limit while streaming
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = {
@@ -24,7 +25,7 @@ class BodySizeLimit:
         await JSONResponse(body, status_code=413)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].rstrip("/") in self.exempt:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):

@@ -9,35 +9,79 @@ twice changes nothing.
 from __future__ import annotations
 
 import logging
+import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from memory_server.errors import InvalidInput, MemoryServerError, Unavailable
-from memory_server.identity import validate_memory_id
+from memory_server.events import emit
+from memory_server.identity import validate_client_name, validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
 from memory_server.services.base import Actor, Caller, ServiceBase, chunks, content_hash
 from memory_server.storage.mem0_pool import UserMemory, mem0_payload
-from memory_server.storage.models import Memory, MemoryState, MemoryStatusHistory, new_id
+from memory_server.storage.models import (
+    App,
+    Category,
+    Memory,
+    MemoryCategory,
+    MemoryState,
+    MemoryStatusHistory,
+    MemoryType,
+    MemoryVersion,
+    new_id,
+)
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
+MAX_CATEGORY_CHARS = 64
+
+OnExisting = Literal["update", "skip", "overwrite"]
+"""What a bulk write does with an id that is already stored for the user.
+
+``update`` (the default, the Slack sync's): a changed text (and its metadata) replaces the
+stored one; other fields stay. ``skip``: stored memories are left alone. ``overwrite``: the
+stored memory becomes the item (every field, as a new memory from it would be), keeping
+its id and, unless the item gives one, its creation time.
+"""
+
+WRITABLE_STATES = (MemoryState.active.value, MemoryState.paused.value, MemoryState.archived.value)
 
 
 @dataclass(frozen=True)
 class BulkItem:
-    """One memory to write: a stable UUID, its text, and optional metadata and creation time."""
+    """One memory to write: a stable UUID and its text; every other field is optional.
+
+    ``None`` means "not given": a new memory gets what ``add`` would give it (the caller's
+    app, ``active``, ``long_term``, importance 0.5, no categories, the current time). The
+    fields after ``created_at`` let an import carry a whole memory: ``app`` is an app
+    name (created for the user if missing), ``categories`` are names (created if
+    unknown), and ``vector`` is stored as given instead of embedding ``text``.
+    """
 
     memory_id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    app: str | None = None
+    state: str | None = None
+    memory_type: str | None = None
+    importance: float | None = None
+    categories: Sequence[str] | None = None
+    updated_at: datetime | None = None
+    archived_at: datetime | None = None
+    expires_at: datetime | None = None
+    access_count: int | None = None
+    last_accessed_at: datetime | None = None
+    vector: Sequence[float] | None = None
 
 
 class BulkResult(BaseModel):
@@ -55,42 +99,86 @@ class BulkResult(BaseModel):
         self.skipped.update(other.skipped)
 
 
+@dataclass(frozen=True)
+class _Item:
+    """A validated ``BulkItem``: canonical id, clean text and fields, its content hash."""
+
+    memory_id: str
+    text: str
+    digest: str
+    source: BulkItem
+    metadata: dict[str, Any]
+    app: str | None
+    state: str | None
+    memory_type: str | None
+    importance: float | None
+    categories: list[str] | None
+    access_count: int | None
+    vector: list[float] | None
+
+
+@dataclass
+class _Change:
+    """An existing memory to rewrite: the columns to set and what else follows from them."""
+
+    item: _Item
+    values: dict[str, Any]
+    old_state: str
+    text_changed: bool
+    categories: list[str] | None  # replace the memory's categories with these; None: leave them
+
+
 @dataclass
 class _Plan:
-    new: list[tuple[str, str, dict[str, Any], datetime]] = field(default_factory=list)
-    changed: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    new: list[tuple[_Item, dict[str, Any]]] = field(default_factory=list)
+    changed: list[_Change] = field(default_factory=list)
+
+
+def category_id(name: str) -> str:
+    """A category's id: derived from its name, as migration 0002 does for the seed list.
+
+    Two writers creating the same new category at once then insert the same row.
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"memory-server:category:{name}"))
 
 
 class BulkWriter(ServiceBase):
     """Upserts batches of memories for one user."""
 
     def upsert_many(
-        self, caller: Caller, items: Sequence[BulkItem], batch_size: int = BATCH_SIZE
+        self,
+        caller: Caller,
+        items: Sequence[BulkItem],
+        batch_size: int = BATCH_SIZE,
+        on_existing: OnExisting = "update",
     ) -> BulkResult:
-        """Write ``items`` (new ids are added, changed texts updated, the rest left alone)."""
+        """Write ``items``: new ids are added; stored ids are treated as ``on_existing`` says."""
+        if on_existing not in ("update", "skip", "overwrite"):
+            raise InvalidInput(f"on_existing must be update, skip or overwrite, not {on_existing!r}")
         actor = self._actor(caller)
         memory = self._memory(actor)
         result = BulkResult()
         for batch in chunks(list(items), batch_size):
-            result.merge(self._upsert_batch(actor, memory, batch))
+            result.merge(self._upsert_batch(actor, memory, batch, on_existing))
         return result
 
-    def _upsert_batch(self, actor: Actor, memory: UserMemory, batch: list[BulkItem]) -> BulkResult:
+    def _upsert_batch(
+        self, actor: Actor, memory: UserMemory, batch: list[BulkItem], on_existing: OnExisting
+    ) -> BulkResult:
         result = BulkResult()
-        clean: dict[str, BulkItem] = {}
-        for item in batch:
+        clean: dict[str, _Item] = {}
+        for bulk_item in batch:
             try:
-                memory_id = validate_memory_id(item.memory_id)
-                text = self._clean_text(item.text)
-                metadata = self._clean_metadata(item.metadata)
+                item = self._clean_item(bulk_item)
             except InvalidInput as exc:
-                result.skipped[str(item.memory_id)] = exc.message
+                result.skipped[str(bulk_item.memory_id)] = exc.message
                 continue
-            clean[memory_id] = BulkItem(memory_id, text, metadata, item.created_at)  # last one of an id wins
+            clean[item.memory_id] = item  # the last one of an id wins
         if not clean:
             return result
 
-        plan = self._plan(actor, clean, result)
+        apps = self._app_ids(actor, {item.app for item in clean.values() if item.app is not None})
+        plan = self._plan(actor, clean, apps, result, on_existing)
         if not plan.new and not plan.changed:
             return result
         try:
@@ -100,7 +188,7 @@ class BulkWriter(ServiceBase):
                 # Another writer may have stored this text (or id) between our check and our
                 # insert: look again. If nothing explains the rejection, it is a real failure.
                 settled = BulkResult()
-                replan = self._plan(actor, clean, settled)
+                replan = self._plan(actor, clean, apps, settled, on_existing)
                 if replan.new or replan.changed:
                     log.error("bulk insert rejected: %s", str(exc.orig)[:200])
                     raise Unavailable("the database rejected the write; nothing was stored") from exc
@@ -109,83 +197,296 @@ class BulkWriter(ServiceBase):
             # Settle the race item by item; each one re-checks what is stored now.
             retry = BulkResult()
             for item in clean.values():
-                retry.merge(self._upsert_batch(actor, memory, [item]))
+                retry.merge(self._upsert_batch(actor, memory, [item.source], on_existing))
             result.merge(retry)
             return result
-        result.added += [memory_id for memory_id, *_ in plan.new]
-        result.updated += [memory_id for memory_id, *_ in plan.changed]
+        result.added += [item.memory_id for item, _ in plan.new]
+        result.updated += [change.item.memory_id for change in plan.changed]
         MEMORIES_ADDED.inc(len(plan.new))
         return result
 
-    def _plan(self, actor: Actor, items: dict[str, BulkItem], result: BulkResult) -> _Plan:
-        """Sort items into new, changed, unchanged and skipped, with two SQL reads."""
-        plan = _Plan()
-        digests = {memory_id: content_hash(item.text) for memory_id, item in items.items()}
-        with self.db.session() as session:
-            existing = {
-                row.id: row
-                for row in session.execute(
-                    select(Memory.id, Memory.user_id, Memory.content_hash, Memory.state).where(
-                        Memory.id.in_(list(items))
+    # ---------------------------------------------------------------- validation
+
+    def _clean_item(self, item: BulkItem) -> _Item:
+        memory_id = validate_memory_id(item.memory_id)
+        text = self._clean_text(item.text)
+        if item.state is not None and item.state not in WRITABLE_STATES:
+            raise InvalidInput(
+                f"state {str(item.state)[:40]!r} cannot be written: use active, paused or archived"
+            )
+        count = item.access_count
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise InvalidInput("access_count must be a whole number of at least 0")
+        return _Item(
+            memory_id=memory_id,
+            text=text,
+            digest=content_hash(text),
+            source=item,
+            metadata=self._clean_metadata(item.metadata),
+            app=validate_client_name(item.app) if item.app is not None else None,
+            state=item.state,
+            memory_type=self._clean_type(item.memory_type) if item.memory_type is not None else None,
+            importance=self._clean_importance(item.importance) if item.importance is not None else None,
+            categories=_clean_categories(item.categories) if item.categories is not None else None,
+            access_count=item.access_count,
+            vector=self._clean_vector(item.vector) if item.vector is not None else None,
+        )
+
+    def _clean_vector(self, vector: Sequence[float]) -> list[float]:
+        dims = self.pool.vectors.dims
+        if isinstance(vector, str | bytes) or len(vector) != dims:
+            size = len(vector) if not isinstance(vector, str | bytes) else "no"
+            raise InvalidInput(
+                f"the vector has {size} numbers but the embedder makes {dims}-dimension vectors"
+            )
+        values = [float(v) for v in vector if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(values) != dims or not all(math.isfinite(v) for v in values):
+            raise InvalidInput("the vector must hold only finite numbers")
+        return values
+
+    # ---------------------------------------------------------------- apps and categories
+
+    def _app_ids(self, actor: Actor, names: set[str]) -> dict[str, str]:
+        """App name -> id for the caller's app and the user's apps in ``names`` (created if missing)."""
+        found = {actor.app_name: actor.app_pk}
+        wanted = names - found.keys()
+        for _attempt in range(3):
+            if not wanted:
+                return found
+            with self.db.session() as session:
+                rows = session.execute(
+                    select(App.name, App.id).where(
+                        App.owner_id == actor.user_pk, App.name.in_(sorted(wanted))
                     )
                 ).all()
+            found.update({name: app_pk for name, app_pk in rows})
+            wanted -= found.keys()
+            if not wanted:
+                return found
+            now = self.clock()
+            try:
+                with self.db.session() as session:
+                    session.execute(
+                        insert(App),
+                        [
+                            {
+                                "id": new_id(),
+                                "owner_id": actor.user_pk,
+                                "name": name,
+                                "is_active": True,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            for name in sorted(wanted)
+                        ],
+                    )
+            except IntegrityError:
+                continue  # created by someone else meanwhile: read them back
+        if wanted:
+            raise Unavailable("could not register the apps of the imported memories; try again")
+        return found
+
+    def _category_ids(self, names: set[str]) -> dict[str, str]:
+        """Category name -> id, creating unknown categories."""
+        found: dict[str, str] = {}
+        wanted = set(names)
+        for _attempt in range(3):
+            if not wanted:
+                return found
+            with self.db.session() as session:
+                rows = session.execute(
+                    select(Category.name, Category.id).where(Category.name.in_(sorted(wanted)))
+                ).all()
+            found.update({name: cid for name, cid in rows})
+            wanted -= found.keys()
+            if not wanted:
+                return found
+            now = self.clock()
+            try:
+                with self.db.session() as session:
+                    session.execute(
+                        insert(Category),
+                        [{"id": category_id(n), "name": n, "created_at": now} for n in sorted(wanted)],
+                    )
+            except IntegrityError:
+                continue
+        if wanted:
+            raise Unavailable("could not create the categories of the imported memories; try again")
+        return found
+
+    # ---------------------------------------------------------------- planning
+
+    def _plan(
+        self,
+        actor: Actor,
+        items: dict[str, _Item],
+        apps: dict[str, str],
+        result: BulkResult,
+        on_existing: OnExisting,
+    ) -> _Plan:
+        """Sort items into new, changed, unchanged and skipped, with two or three SQL reads."""
+        plan = _Plan()
+        with self.db.session() as session:
+            existing = {
+                row.id: row for row in session.scalars(select(Memory).where(Memory.id.in_(list(items))))
             }
             live_by_hash = {
                 digest: memory_id
                 for memory_id, digest in session.execute(
                     select(Memory.id, Memory.content_hash).where(
                         Memory.user_id == actor.user_pk,
-                        Memory.content_hash.in_(set(digests.values())),
+                        Memory.content_hash.in_({item.digest for item in items.values()}),
                         Memory.state != MemoryState.deleted.value,
                     )
                 ).all()
             }
+            stored_categories = (
+                self._categories_for(session, list(existing)) if on_existing == "overwrite" else {}
+            )
         now = self.clock()
         for memory_id, item in items.items():
-            digest = digests[memory_id]
             row = existing.get(memory_id)
+            app_pk = apps[item.app] if item.app is not None else actor.app_pk
             if row is not None and row.user_id != actor.user_pk:
                 result.skipped[memory_id] = "the id is already in use"
                 continue
             if row is not None and row.state == MemoryState.deleted.value:
                 result.skipped[memory_id] = "deleted"
                 continue
-            if row is not None and row.content_hash == digest:
+            if row is not None and on_existing == "skip":
+                if row.content_hash == item.digest:
+                    result.unchanged.append(memory_id)
+                else:
+                    result.skipped[memory_id] = "already stored with another text (skip mode)"
+                continue
+            if row is not None and on_existing == "update" and row.content_hash == item.digest:
                 result.unchanged.append(memory_id)
                 continue
-            holder = live_by_hash.get(digest)
+            holder = live_by_hash.get(item.digest)
             if holder is not None and holder != memory_id:
                 result.skipped[memory_id] = f"duplicate of {holder}"
                 continue
-            live_by_hash[digest] = memory_id  # a later item of this batch with the same text is a duplicate
+            # A later item of this batch with the same text is a duplicate.
+            live_by_hash[item.digest] = memory_id
             if row is None:
-                plan.new.append((memory_id, item.text, item.metadata, item.created_at or now))
+                plan.new.append((item, self._columns(item, app_pk, now, None)))
+            elif on_existing == "update":
+                values = {"content": item.text, "content_hash": item.digest, "metadata_": item.metadata}
+                plan.changed.append(_Change(item, values, row.state, True, None))
             else:
-                plan.changed.append((memory_id, item.text, item.metadata))
+                change = self._overwrite(item, app_pk, now, row, stored_categories.get(memory_id, []))
+                if change is None:
+                    result.unchanged.append(memory_id)
+                else:
+                    plan.changed.append(change)
         return plan
+
+    def _columns(self, item: _Item, app_pk: str, now: datetime, row: Memory | None) -> dict[str, Any]:
+        """The memory's columns as a new memory from ``item`` would have them.
+
+        For an overwrite (``row`` given) the creation time, a short-term expiry, the
+        archive time and the use counts are kept unless the item gives them.
+        """
+        source = item.source
+        memory_type = item.memory_type or MemoryType.long_term.value
+        state = item.state or MemoryState.active.value
+        expires_at = _utc(source.expires_at)
+        if expires_at is None and memory_type == MemoryType.short_term.value:
+            kept = row.expires_at if row is not None and row.memory_type == memory_type else None
+            expires_at = kept or self._expiry(memory_type, now)
+        archived_at = _utc(source.archived_at)
+        if archived_at is None and state == MemoryState.archived.value:
+            archived_at = (row.archived_at if row is not None else None) or now
+        created_at = _utc(source.created_at) or (row.created_at if row is not None else now)
+        access_count, last_accessed_at = item.access_count, _utc(source.last_accessed_at)
+        if row is not None and access_count is None:
+            access_count, last_accessed_at = row.access_count, last_accessed_at or row.last_accessed_at
+        return {
+            "app_id": app_pk,
+            "content": item.text,
+            "content_hash": item.digest,
+            "state": state,
+            "metadata_": item.metadata,
+            "memory_type": memory_type,
+            "importance": 0.5 if item.importance is None else item.importance,
+            "created_at": created_at,
+            "updated_at": _utc(source.updated_at) or now,
+            "archived_at": archived_at,
+            "expires_at": expires_at,
+            "access_count": access_count or 0,
+            "last_accessed_at": last_accessed_at,
+        }
+
+    def _overwrite(
+        self, item: _Item, app_pk: str, now: datetime, row: Memory, categories: list[str]
+    ) -> _Change | None:
+        """What to change so that ``row`` equals ``item``; None when it already does."""
+        values = self._columns(item, app_pk, now, row)
+        if item.source.updated_at is None:
+            compared = {k: v for k, v in values.items() if k != "updated_at"}
+        else:
+            compared = values
+        wanted_categories = item.categories or []
+        same_categories = sorted(categories) == wanted_categories
+        same = same_categories and all(getattr(row, k) == v for k, v in compared.items())
+        if same:
+            return None  # a vector the item brings for an unchanged memory is the one stored
+        return _Change(
+            item,
+            values,
+            row.state,
+            row.content_hash != item.digest,
+            None if same_categories else wanted_categories,
+        )
+
+    # ---------------------------------------------------------------- writing
+
+    def _vectors(self, plan: _Plan, previous: dict[str, Any]) -> list[list[float]]:
+        """A vector for every new and changed item: given, kept from the stored point, or embedded."""
+        chosen: list[list[float] | None] = [item.vector for item, _ in plan.new]
+        for change in plan.changed:
+            vector = change.item.vector
+            old = previous.get(change.item.memory_id)
+            if vector is None and not change.text_changed and old is not None:
+                vector = point_vector(old)
+            chosen.append(vector)
+        texts = [item.text for item, _ in plan.new] + [change.item.text for change in plan.changed]
+        missing = [i for i, v in enumerate(chosen) if v is None]
+        if missing:
+            try:
+                embedded = self.pool.embedder.embed_batch([texts[i] for i in missing])
+            except MemoryServerError:
+                raise
+            except Exception as exc:
+                log.exception("batch embedding failed")
+                raise Unavailable("the embedder is unavailable; nothing was stored") from exc
+            for i, vector in zip(missing, embedded, strict=True):
+                chosen[i] = vector
+        return [v for v in chosen if v is not None]
 
     def _write(self, actor: Actor, memory: UserMemory, plan: _Plan) -> None:
         """Embed once, upsert vectors once, then one SQL transaction; undo the vectors if SQL fails."""
-        texts = [text for _, text, _, _ in plan.new] + [text for _, text, _ in plan.changed]
-        try:
-            vectors = self.pool.embedder.embed_batch(texts)
-        except MemoryServerError:
-            raise
-        except Exception as exc:
-            log.exception("batch embedding failed")
-            raise Unavailable("the embedder is unavailable; nothing was stored") from exc
-        now = self.clock()
-        changed_ids = [memory_id for memory_id, _, _ in plan.changed]
+        changed_ids = [change.item.memory_id for change in plan.changed]
         previous = memory.store.retrieve_many(changed_ids, with_vectors=True) if changed_ids else []
+        by_id = {str(p.id): p for p in previous}
+        vectors = self._vectors(plan, by_id)
+        wanted_categories = {n for item, _ in plan.new for n in item.categories or []}
+        wanted_categories |= {n for change in plan.changed for n in change.categories or []}
+        category_ids = self._category_ids(wanted_categories)
+        now = self.clock()
         payloads = [
-            mem0_payload(actor.user_id, actor.app_pk, t, created, now) for _, t, _, created in plan.new
+            mem0_payload(actor.user_id, values["app_id"], item.text, values["created_at"], now)
+            for item, values in plan.new
         ]
-        old_created = {str(p.id): (p.payload or {}).get("created_at") for p in previous}
-        for memory_id, text, _ in plan.changed:
-            payload = mem0_payload(actor.user_id, actor.app_pk, text, now, now)
-            payload["created_at"] = old_created.get(memory_id) or payload["created_at"]
+        for change in plan.changed:
+            app_pk = change.values.get("app_id", actor.app_pk)
+            payload = mem0_payload(actor.user_id, app_pk, change.item.text, now, now)
+            old = by_id.get(change.item.memory_id)
+            created = change.values.get("created_at")
+            old_created = (old.payload or {}).get("created_at") if old is not None else None
+            payload["created_at"] = created.isoformat() if created else old_created or payload["created_at"]
             payloads.append(payload)
-        ids = [memory_id for memory_id, *_ in plan.new] + changed_ids
+        ids = [item.memory_id for item, _ in plan.new] + changed_ids
         try:
             memory.store.insert(vectors=vectors, payloads=payloads, ids=ids)
         except Exception as exc:
@@ -194,53 +495,135 @@ class BulkWriter(ServiceBase):
         try:
             with self.db.session() as session:
                 if plan.new:
-                    session.execute(
-                        insert(Memory),
-                        [
-                            {
-                                "id": memory_id,
-                                "user_id": actor.user_pk,
-                                "app_id": actor.app_pk,
-                                "content": text,
-                                "content_hash": content_hash(text),
-                                "state": MemoryState.active.value,
-                                "metadata_": metadata,
-                                "created_at": created,
-                                "updated_at": now,
-                            }
-                            for memory_id, text, metadata, created in plan.new
-                        ],
-                    )
-                    session.execute(
-                        insert(MemoryStatusHistory),
-                        [
-                            {
-                                "id": new_id(),
-                                "memory_id": memory_id,
-                                "changed_by": actor.app_pk,
-                                "old_state": None,
-                                "new_state": MemoryState.active.value,
-                                "changed_at": now,
-                            }
-                            for memory_id, *_ in plan.new
-                        ],
-                    )
-                for memory_id, text, metadata in plan.changed:
-                    session.execute(
-                        update(Memory)
-                        .where(Memory.id == memory_id, Memory.user_id == actor.user_pk)
-                        .values(
-                            content=text, content_hash=content_hash(text), metadata_=metadata, updated_at=now
-                        )
-                    )
+                    self._insert_new(session, actor, plan, category_ids, now)
+                if plan.changed:
+                    self._apply_changes(session, actor, plan, category_ids, now)
         except BaseException:
-            self._drop_vectors(memory, [memory_id for memory_id, *_ in plan.new])
+            self._drop_vectors(memory, [item.memory_id for item, _ in plan.new])
             if previous:
                 try:
                     memory.store.upsert_points(_as_points(previous))
                 except Exception:
                     log.exception("could not restore %d updated vector(s)", len(previous))
             raise
+
+    def _insert_new(
+        self, session: Session, actor: Actor, plan: _Plan, category_ids: dict[str, str], now: datetime
+    ) -> None:
+        session.execute(
+            insert(Memory),
+            [{"id": item.memory_id, "user_id": actor.user_pk, **values} for item, values in plan.new],
+        )
+        session.execute(
+            insert(MemoryStatusHistory),
+            [
+                {
+                    "id": new_id(),
+                    "memory_id": item.memory_id,
+                    "changed_by": actor.app_pk,
+                    "old_state": None,
+                    "new_state": values["state"],
+                    "changed_at": now,
+                }
+                for item, values in plan.new
+            ],
+        )
+        session.execute(
+            insert(MemoryVersion),
+            [
+                {
+                    "id": new_id(),
+                    "memory_id": item.memory_id,
+                    "version": 1,
+                    "content": item.text,
+                    "changed_by": actor.app_pk,
+                    "created_at": now,
+                }
+                for item, _ in plan.new
+            ],
+        )
+        links = [
+            {"memory_id": item.memory_id, "category_id": category_ids[name]}
+            for item, _ in plan.new
+            for name in item.categories or []
+        ]
+        if links:
+            session.execute(insert(MemoryCategory), links)
+        emit(session, "add", actor.user_id, [item.memory_id for item, _ in plan.new], app=actor.app_name)
+
+    def _apply_changes(
+        self, session: Session, actor: Actor, plan: _Plan, category_ids: dict[str, str], now: datetime
+    ) -> None:
+        texts = [c for c in plan.changed if c.text_changed]
+        versions: dict[str, int] = {}
+        if texts:
+            versions = dict(
+                session.execute(
+                    select(MemoryVersion.memory_id, func.max(MemoryVersion.version))
+                    .where(MemoryVersion.memory_id.in_([c.item.memory_id for c in texts]))
+                    .group_by(MemoryVersion.memory_id)
+                ).all()
+            )
+        for change in plan.changed:
+            memory_id = change.item.memory_id
+            values = {"updated_at": now, **change.values}
+            session.execute(
+                update(Memory).where(Memory.id == memory_id, Memory.user_id == actor.user_pk).values(**values)
+            )
+            new_state = values.get("state", change.old_state)
+            if new_state != change.old_state:
+                session.add(
+                    MemoryStatusHistory(
+                        memory_id=memory_id,
+                        changed_by=actor.app_pk,
+                        old_state=change.old_state,
+                        new_state=new_state,
+                        changed_at=now,
+                    )
+                )
+            if change.text_changed:
+                session.add(
+                    MemoryVersion(
+                        memory_id=memory_id,
+                        version=versions.get(memory_id, 0) + 1,
+                        content=change.item.text,
+                        changed_by=actor.app_pk,
+                        created_at=now,
+                    )
+                )
+            if change.categories is not None:
+                session.execute(delete(MemoryCategory).where(MemoryCategory.memory_id == memory_id))
+                if change.categories:
+                    session.execute(
+                        insert(MemoryCategory),
+                        [{"memory_id": memory_id, "category_id": category_ids[n]} for n in change.categories],
+                    )
+        emit(session, "update", actor.user_id, [c.item.memory_id for c in plan.changed])
+
+
+def _clean_categories(names: Sequence[str]) -> list[str]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise InvalidInput("categories must be a list of names")
+    clean = sorted({n.strip().lower() for n in names})
+    for name in clean:
+        if not name or len(name) > MAX_CATEGORY_CHARS or "\x00" in name:
+            raise InvalidInput(f"category names must have 1 to {MAX_CATEGORY_CHARS} characters")
+    return clean
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """``value`` as an aware datetime; a naive one is taken to be UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def point_vector(point: Any) -> list[float] | None:
+    """The vector of a Qdrant point (the unnamed one)."""
+    vector = point.vector
+    if isinstance(vector, dict):
+        vector = vector.get("") or next(iter(vector.values()), None)
+    return list(vector) if vector is not None else None
 
 
 def _as_points(records: list[Any]) -> list[Any]:

@@ -22,6 +22,7 @@ from memory_server.events import emit
 from memory_server.identity import validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
 from memory_server.schemas import AddResult, DeleteResult, MemoryOut, MemoryPage, SearchResult
+from memory_server.services.backup import BackupService
 from memory_server.services.base import (
     MAX_DELETE_IDS,
     MAX_LIST_LIMIT,
@@ -34,7 +35,7 @@ from memory_server.services.base import (
     chunks,
     content_hash,
 )
-from memory_server.services.bulk import BulkItem, BulkResult, BulkWriter
+from memory_server.services.bulk import BulkItem, BulkResult, BulkWriter, OnExisting
 from memory_server.services.filters import MemoryFilter
 from memory_server.services.filters import order_by as _order_by
 from memory_server.storage.mem0_pool import UserMemory
@@ -464,9 +465,17 @@ class MemoryService(ServiceBase):
             self._drop_vectors(memory, chunk)
         return DeleteResult(deleted=found)
 
-    def upsert_many(self, caller: Caller, items: Sequence[BulkItem]) -> BulkResult:
+    @property
+    def backups(self) -> BackupService:
+        """Export and import of a user's memories (see ``services.backup``)."""
+        return BackupService(self.db, self.pool, self.limits, self.clock)
+
+    def upsert_many(
+        self, caller: Caller, items: Sequence[BulkItem], on_existing: OnExisting = "update"
+    ) -> BulkResult:
         """Write many memories with stable ids in batches (see ``services.bulk``)."""
-        return BulkWriter(self.db, self.pool, self.limits, self.clock).upsert_many(caller, items)
+        writer = BulkWriter(self.db, self.pool, self.limits, self.clock)
+        return writer.upsert_many(caller, items, on_existing=on_existing)
 
     def count_by_state(self) -> dict[str, int]:
         """Memories per state across all users (for metrics)."""

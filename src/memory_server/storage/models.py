@@ -218,3 +218,39 @@ class MemoryStatusHistory(Base):
     old_state: Mapped[str | None] = mapped_column(String(16))
     new_state: Mapped[str] = mapped_column(String(16))
     changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlackChannelState(Base):
+    """Where the Slack sync stands in one channel: its cursor, last run, counts and last error."""
+
+    __tablename__ = "slack_channels"
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_name: Mapped[str] = mapped_column(String(255), default="")
+    # ts of the newest top-level message stored; the next run reads history after it
+    cursor_ts: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    last_run_at: Mapped[datetime | None] = mapped_column()
+    last_success_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_added: Mapped[int] = mapped_column(Integer, default=0)
+    last_updated: Mapped[int] = mapped_column(Integer, default=0)
+    last_deleted: Mapped[int] = mapped_column(Integer, default=0)
+    last_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    total_added: Mapped[int] = mapped_column(Integer, default=0)
+    total_deleted: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SlackMessage(Base):
+    """A Slack message the sync stored, so that edits, deletions and thread replies can be found."""
+
+    __tablename__ = "slack_messages"
+    __table_args__ = (Index("ix_slack_messages_thread", "team_id", "channel_id", "thread_ts"),)
+
+    team_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_ts: Mapped[str | None] = mapped_column(String(32))
+    memory_id: Mapped[str] = mapped_column(String(36))
+    synced_at: Mapped[datetime] = mapped_column(default=utcnow)
