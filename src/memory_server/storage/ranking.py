@@ -137,22 +137,27 @@ class HybridMixin:
             indices, values = ENCODER.query(query)
             if indices:
                 lexical = self._lexical(indices, values, depth)
-        fused = fuse(dense, lexical, config)[:top_k]
+        fused = fuse(dense, lexical, config)
         cosine = {mid: s for mid, s, _ in dense}
         payloads = {mid: p for mid, _, p in (*dense, *lexical)}
-        missing = [mid for mid, _ in fused if mid not in cosine or mid not in payloads]
-        if missing:
-            unit = _unit(vector)
-            for hit in self._fetch(missing):
-                payloads[hit.id] = hit.payload
-                if hit.vector is not None:
-                    cosine[hit.id] = sum(a * b for a, b in zip(unit, _unit(hit.vector), strict=False))
-        hits = [
-            Hit(mid, cosine[mid], payloads[mid], rank=value)
-            for mid, value in fused
-            if mid in cosine and mid in payloads
-        ]
-        return [h for h in hits if h.score >= min_score]
+        unit = _unit(vector)
+        hits: list[Hit] = []
+        # Walk the fused order until top_k hits pass min_score (so that fewer than top_k
+        # means the collection has no more), fetching what the candidates lack in steps.
+        for start in range(0, len(fused), top_k):
+            window = fused[start : start + top_k]
+            missing = [mid for mid, _ in window if mid not in cosine or mid not in payloads]
+            if missing:
+                for hit in self._fetch(missing):
+                    payloads[hit.id] = hit.payload
+                    if hit.vector is not None:
+                        cosine[hit.id] = sum(a * b for a, b in zip(unit, _unit(hit.vector), strict=False))
+            for mid, value in window:
+                if mid in cosine and mid in payloads and cosine[mid] >= min_score:
+                    hits.append(Hit(mid, cosine[mid], payloads[mid], rank=value))
+                    if len(hits) == top_k:
+                        return hits
+        return hits
 
     def _link(self, ids: Sequence[str], payloads: Sequence[dict[str, Any]]) -> None:
         """Link each new memory to the one stored just before it (same app, within the window).
@@ -162,7 +167,9 @@ class HybridMixin:
         """
         window = self.ranking.link_window
         index = {mid: i for i, mid in enumerate(ids)}
-        for mid, payload in zip(ids, payloads, strict=True):
+        # Oldest first, whatever order the batch came in (an import may list newest first).
+        order = sorted(range(len(ids)), key=lambda i: str(payloads[i].get("created_at") or ""))
+        for mid, payload in ((ids[i], payloads[i]) for i in order):
             when = _parse_time(payload.get("created_at"))
             if when is None:
                 continue
