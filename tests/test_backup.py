@@ -96,7 +96,7 @@ def vectors(runtime: Runtime, ids: list[str]) -> dict[str, list[float]]:
 
 def point_count(runtime: Runtime, user: str = "alice") -> int:
     store = runtime.pool.get(user).store
-    return int(store.client.count(store.collection_name).count)
+    return store.count()
 
 
 def export_bytes(service: MemoryService, **options: Any) -> bytes:

@@ -27,7 +27,7 @@ def item(n: int, text_value: str | None = None) -> BulkItem:
 
 def point_count(runtime: Runtime, caller: Caller) -> int:
     store = runtime.pool.get(caller.user_id).store
-    return int(store.client.count(store.collection_name).count)
+    return store.count()
 
 
 def test_batches_are_stored_and_searchable(service: MemoryService, runtime: Runtime, alice: Caller) -> None:

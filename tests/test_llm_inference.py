@@ -86,7 +86,7 @@ def test_llm_failure_is_a_clear_error_and_stores_nothing(
         llm_runtime.memories.add(caller, "I'm Priya and I like climbing")
     assert llm_runtime.memories.list_memories(caller).total == 0
     store = llm_runtime.pool.get(caller.user_id).store
-    assert store.client.count(store.collection_name).count == 0
+    assert store.count() == 0
 
 
 def test_openai_compatible_embedder(tmp_path: Path, fake_llm: tuple[FakeOpenAI, str]) -> None:

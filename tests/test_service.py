@@ -232,7 +232,7 @@ def test_failed_sql_write_leaves_no_orphan_vector(
     """A real database failure (a trigger rejecting inserts) must undo the vector write."""
     service.add(alice, "kept memory about chess openings")
     collection = runtime.pool.get(alice.user_id).store
-    before = collection.client.count(collection.collection_name).count
+    before = collection.count()
     with runtime.db.engine.begin() as conn:
         if runtime.db.is_sqlite:
             conn.execute(
@@ -258,7 +258,7 @@ def test_failed_sql_write_leaves_no_orphan_vector(
     with pytest.raises(Unavailable):
         service.add(alice, "this one cannot be stored: the database refuses it")
 
-    assert collection.client.count(collection.collection_name).count == before
+    assert collection.count() == before
     assert [m.text for m in service.list_memories(alice).results] == ["kept memory about chess openings"]
 
 
@@ -274,7 +274,7 @@ def test_concurrent_identical_adds_store_one_memory(
     assert len(ids) == 1
     assert sorted(r.results[0].event or "" for r in results).count("ADD") == 1
     collection = runtime.pool.get(alice.user_id).store
-    assert collection.client.count(collection.collection_name).count == 2
+    assert collection.count() == 2
 
 
 def test_restart_keeps_acknowledged_memories(runtime: Runtime, embedder: object, alice: Caller) -> None:

@@ -149,19 +149,15 @@ def stdio(
 
 @app.command()
 def migrate() -> None:
-    """Upgrade the database schema to the newest version (alembic upgrade head)."""
-    from memory_server.storage.database import make_engine
-    from memory_server.storage.database import migrate as run_migrations
+    """Upgrade the database schema (alembic upgrade head) and move old embedded vectors to the engine."""
+    from memory_server.runtime import Runtime
 
     settings = _settings()
-    engine = make_engine(settings.resolved_database_url)
     try:
-        run_migrations(engine)
+        Runtime.build(settings).close()  # migrates the database, then the vectors
     except (ConfigurationError, MemoryServerError) as exc:
         _fail(str(exc))
-    finally:
-        engine.dispose()
-    typer.echo("database is at the newest schema", err=True)
+    typer.echo("database is at the newest schema; vectors are in the configured store", err=True)
 
 
 @app.command()

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, validation_alias=_env("QDRANT_URL"))
     qdrant_api_key: SecretStr | None = Field(None, validation_alias=_env("QDRANT_API_KEY"))
     config_file: Path | None = Field(None, validation_alias=_env("MEMORY_CONFIG_FILE"))
+    vector_engine: Literal["edge", "qdrant-local"] = Field("edge", validation_alias=_env("VECTOR_ENGINE"))
+    vector_index_threshold: int = Field(20_000, validation_alias=_env("VECTOR_INDEX_THRESHOLD"), ge=1)
+    search_mode: Literal["hybrid", "dense"] = Field("hybrid", validation_alias=_env("SEARCH_MODE"))
+    search_dense_weight: float = Field(0.4, validation_alias=_env("SEARCH_DENSE_WEIGHT"), ge=0, le=1)
+    search_context_weight: float = Field(0.2, validation_alias=_env("SEARCH_CONTEXT_WEIGHT"), ge=0, le=1)
 
     user_id: str = Field("default-user", validation_alias=_env("USER_ID"))
     default_app_id: str = Field("default", validation_alias=_env("DEFAULT_APP_ID"))
@@ -110,9 +115,9 @@ class Settings(BaseSettings):
     # None means "decide from HOST": off on loopback, DEFAULT_RATE_LIMIT_PER_MINUTE otherwise.
     rate_limit_per_minute: int | None = Field(None, validation_alias=_env("RATE_LIMIT_PER_MINUTE"), ge=0)
 
-    @field_validator("auth_mode", mode="before")
+    @field_validator("auth_mode", "vector_engine", "search_mode", mode="before")
     @classmethod
-    def _lower_auth_mode(cls, value: Any) -> Any:
+    def _lower_choice(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")

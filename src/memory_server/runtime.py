@@ -15,12 +15,47 @@ from memory_server.services.lifecycle import LifecycleService, MaintenancePolicy
 from memory_server.services.memories import Limits, MemoryService
 from memory_server.services.tokens import TokenService
 from memory_server.storage.database import Database, make_engine, migrate
+from memory_server.storage.edge import EdgeVectorStore
 from memory_server.storage.embeddings import Embedder, create_embedder
 from memory_server.storage.mem0_pool import MemoryPool
+from memory_server.storage.migration import migrate_local_to_edge
 from memory_server.storage.models import utcnow
+from memory_server.storage.ranking import RankingConfig
 from memory_server.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
+
+
+def ranking_config(settings: Settings) -> RankingConfig:
+    """The search ranking chosen by settings."""
+    return RankingConfig(
+        mode=settings.search_mode,
+        dense_weight=settings.search_dense_weight,
+        context_weight=settings.search_context_weight,
+    )
+
+
+def open_vector_store(
+    settings: Settings, providers: ProvidersConfig, dims: int
+) -> VectorStore | EdgeVectorStore:
+    """A Qdrant server if configured, else the embedded engine (migrating old local-mode data)."""
+    store_config = providers.vector_store.config
+    ranking = ranking_config(settings)
+    if store_config.get("url") or settings.vector_engine == "qdrant-local":
+        return VectorStore(
+            dims,
+            path=settings.data_dir / "qdrant",
+            url=store_config.get("url"),
+            api_key=store_config.get("api_key"),
+            ranking=ranking,
+        )
+    edge = EdgeVectorStore(dims, settings.data_dir / "edge", ranking, settings.vector_index_threshold)
+    try:
+        migrate_local_to_edge(settings.data_dir / "qdrant", edge)
+    except BaseException:
+        edge.close()
+        raise
+    return edge
 
 
 @dataclass
@@ -31,7 +66,7 @@ class Runtime:
     providers: ProvidersConfig
     db: Database
     embedder: Embedder
-    vectors: VectorStore
+    vectors: VectorStore | EdgeVectorStore
     pool: MemoryPool
     memories: MemoryService
     lifecycle: LifecycleService
@@ -66,13 +101,7 @@ class Runtime:
                     settings.model_dir,
                     settings.embedding_threads,
                 )
-            store_config = providers.vector_store.config
-            vectors = VectorStore(
-                embedder.dims,
-                path=settings.data_dir / "qdrant",
-                url=store_config.get("url"),
-                api_key=store_config.get("api_key"),
-            )
+            vectors = open_vector_store(settings, providers, embedder.dims)
         except BaseException:
             db.dispose()
             raise

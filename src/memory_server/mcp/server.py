@@ -165,4 +165,21 @@ def build_mcp(service: MemoryService) -> FastMCP:
         """Delete every memory of this user, from every app. Only when the user clearly asks for it."""
         return await _call(service.delete_all, caller())
 
+    _cache_input_schemas(mcp)
     return mcp
+
+
+def _cache_input_schemas(mcp: FastMCP) -> None:
+    """Hand the MCP SDK our tools' input schemas, fixed at start-up.
+
+    Without a lookup, the SDK's streamable-HTTP handler runs a whole ``tools/list``
+    (middleware, schema dereferencing) before every ``tools/call`` to check
+    ``Mcp-Param-*`` headers: half the server time of a search at 1k memories.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as thread:  # works whether or not an event loop is running here
+        tools = thread.submit(lambda: asyncio.run(mcp.list_tools())).result()
+    schemas = {tool.name: tool.parameters for tool in tools}
+    mcp._mcp_server.get_tool_input_schema = schemas.get

@@ -355,16 +355,18 @@ class ServiceBase:
     def _rows_with_app(
         self, session: Session, actor: Actor, ids: Iterable[str], active_only: bool
     ) -> dict[str, tuple[Memory, str]]:
-        query = (
-            select(Memory, App.name)
-            .join(App, App.id == Memory.app_id)
-            .where(Memory.user_id == actor.user_pk, Memory.id.in_(list(ids)))
-        )
-        if active_only:
-            query = query.where(Memory.state == MemoryState.active.value)
-        else:
-            query = query.where(Memory.state != MemoryState.deleted.value)
-        return {row.id: (row, name) for row, name in session.execute(query).all()}
+        # Look the ids up by primary key only, and check owner and state here: given
+        # `user_id = ?` too, SQLite walks the user's index instead, which at 100k memories
+        # of one user made this the slowest step of a search (70% of it, profiled).
+        query = select(Memory, App.name).join(App, App.id == Memory.app_id).where(Memory.id.in_(list(ids)))
+        found: dict[str, tuple[Memory, str]] = {}
+        for row, name in session.execute(query).all():
+            if row.user_id != actor.user_pk or row.state == MemoryState.deleted.value:
+                continue
+            if active_only and row.state != MemoryState.active.value:
+                continue
+            found[row.id] = (row, name)
+        return found
 
     def _log_access(
         self,

@@ -235,22 +235,25 @@ class MemoryService(ServiceBase):
         clean = self._clean_text(query, "query")
         limit = self._check_limit(limit, "limit", 1, MAX_SEARCH_LIMIT)
         memory = self._memory(actor)
+        try:
+            vector = self.pool.embedder.embed(clean)
+        except MemoryServerError:
+            raise
+        except Exception as exc:
+            log.exception("query embedding failed")
+            raise Unavailable("the embedder is unavailable; try again shortly") from exc
         fetch = min(limit * 2, MAX_SEARCH_FETCH)
         while True:
             try:
-                hits = memory.search(
-                    clean,
-                    filters={"user_id": actor.user_id},
-                    top_k=fetch,
-                    threshold=self.limits.search_min_score,
-                )["results"]
+                hits = memory.store.rank(clean, vector, top_k=fetch, min_score=self.limits.search_min_score)
             except Exception as exc:
                 log.exception("vector search failed")
                 raise Unavailable("the vector store is unavailable; try again shortly") from exc
-            scores = {h["id"]: float(h["score"]) for h in hits}
+            # The store's order is the ranking (hybrid); the score shown is the cosine similarity.
+            scores = {h.id: h.score for h in hits}
             with self.db.session() as session:
                 rows = self._rows_with_app(session, actor, scores, active_only=True)
-                ranked = sorted(rows, key=lambda mid: scores[mid], reverse=True)[:limit]
+                ranked = [h.id for h in hits if h.id in rows][:limit]
                 if len(ranked) >= limit or len(hits) < fetch or fetch >= MAX_SEARCH_FETCH:
                     self._log_access(session, actor, ranked, "search", {"query": clean[:500]})
                     self._touch(session, ranked)

@@ -24,8 +24,11 @@ from mem0.utils.factory import LlmFactory
 from mem0.utils.lemmatization import lemmatize_for_bm25
 
 from memory_server.config import ProvidersConfig
+from memory_server.storage.edge import EdgeCollection, EdgeVectorStore
 from memory_server.storage.embeddings import Embedder
 from memory_server.storage.vectors import UserCollection, VectorStore
+
+VectorCollection = UserCollection | EdgeCollection
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class UserMemory(Memory):  # type: ignore[misc]
         self,
         config: MemoryConfig,
         embedder: Mem0Embedder,
-        store: UserCollection,
+        store: VectorCollection,
         llm: Any,
         history: SQLiteManager,
     ) -> None:
@@ -80,8 +83,8 @@ class UserMemory(Memory):  # type: ignore[misc]
         self._entity_store = None
 
     @property
-    def store(self) -> UserCollection:
-        store: UserCollection = self.vector_store
+    def store(self) -> VectorCollection:
+        store: VectorCollection = self.vector_store
         return store
 
 
@@ -92,7 +95,7 @@ class MemoryPool:
         self,
         providers: ProvidersConfig,
         embedder: Embedder,
-        vectors: VectorStore,
+        vectors: VectorStore | EdgeVectorStore,
         history_path: Path,
         size: int,
     ) -> None:

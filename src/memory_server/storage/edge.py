@@ -1,0 +1,446 @@
+"""The embedded vector store: Qdrant's own engine in-process (qdrant-edge), one shard per user.
+
+qdrant-client's local mode searches by brute force in numpy and checks payload filters
+point by point in Python; this engine is Qdrant's Rust core: payload indexes, HNSW, BM25
+sparse vectors, a WAL, and a reopen in a fraction of a second. Each user's collection is
+one shard directory under ``$MEMORY_DATA_DIR/edge``. Search is exact until a collection
+holds ``index_threshold`` points; then a background thread builds HNSW (searches keep
+running, exactly, while it builds).
+
+``EdgeCollection`` offers the methods of mem0's ``VectorStoreBase`` that mem0 calls, plus
+the helpers the services use, so mem0 works on it through the same seam as on Qdrant.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import qdrant_edge as qe
+
+from memory_server.errors import ConfigurationError, Unavailable
+from memory_server.identity import COLLECTION_PREFIX, collection_name
+from memory_server.storage.lexical import ENCODER, SPARSE_NAME
+from memory_server.storage.ranking import Candidate, Hit, HybridMixin, RankingConfig
+
+log = logging.getLogger(__name__)
+
+META_FILE = "memory-server.json"
+DEFAULT_INDEX_THRESHOLD = 20_000
+# Payload fields we filter or order on get an index (user_id: mem0 filters by it).
+_KEYWORD_FIELDS = ("user_id", "app_id")
+
+Ids = list[str]
+AnyList = list[Any]
+
+
+def _kilobytes(points: int, dims: int) -> int:
+    return max(1, points * dims * 4 // 1024)
+
+
+def _filter(filters: dict[str, Any] | None) -> qe.Filter | None:
+    """mem0-style filters (``{"key": value}``, lists, ``{"in"/"ne"/"gte"...: v}``) as an edge filter."""
+    if not filters:
+        return None
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for key, value in filters.items():
+        if isinstance(value, dict):
+            for op, arg in value.items():
+                if op == "eq":
+                    must.append(qe.FieldCondition(key, match=qe.MatchValue(arg)))
+                elif op == "ne":
+                    must_not.append(qe.FieldCondition(key, match=qe.MatchValue(arg)))
+                elif op == "in":
+                    must.append(qe.FieldCondition(key, match=qe.MatchAny(list(arg))))
+                elif op == "nin":
+                    must_not.append(qe.FieldCondition(key, match=qe.MatchAny(list(arg))))
+                elif op in ("gt", "gte", "lt", "lte"):
+                    must.append(qe.FieldCondition(key, range=qe.RangeFloat(**{op: float(arg)})))
+                else:
+                    raise ValueError(f"unsupported filter operator {op!r}")
+        elif isinstance(value, list):
+            must.append(qe.FieldCondition(key, match=qe.MatchAny(value)))
+        else:
+            must.append(qe.FieldCondition(key, match=qe.MatchValue(value)))
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _dense_of(vector: Any) -> list[float] | None:
+    if isinstance(vector, dict):
+        vector = vector.get("")
+    return list(vector) if vector is not None else None
+
+
+class _Shard:
+    """One open shard, its write lock, and its background index builder."""
+
+    def __init__(self, shard: qe.EdgeShard, dims: int, threshold: int) -> None:
+        self.shard = shard
+        self.dims = dims
+        self.threshold = threshold
+        self.lock = threading.RLock()
+        self.tail: Any = None
+        self._builder: threading.Thread | None = None
+        self.closed = False
+
+    def maybe_index(self) -> None:
+        """Start building HNSW in the background once the shard is big enough."""
+        if self._builder is not None and self._builder.is_alive():
+            return
+        info = self.shard.info()
+        if info.points_count < self.threshold or info.points_count - info.indexed_vectors_count < 1000:
+            return
+        self._builder = threading.Thread(target=self._build, name="edge-hnsw", daemon=True)
+        self._builder.start()
+
+    def _build(self) -> None:
+        try:
+            self.shard.optimize()
+        except Exception:  # an index build that fails leaves exact search in place
+            log.exception("HNSW build failed")
+
+    def wait_indexed(self) -> None:
+        builder = self._builder
+        if builder is not None:
+            builder.join()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wait_indexed()
+        with self.lock:
+            self.shard.flush()
+            self.shard.close()
+
+
+class EdgeVectorStore:
+    """The shards of one data directory, opened on first use and kept open."""
+
+    is_local = True
+
+    def __init__(
+        self,
+        dims: int,
+        path: Path,
+        ranking: RankingConfig | None = None,
+        index_threshold: int = DEFAULT_INDEX_THRESHOLD,
+    ) -> None:
+        self.dims = dims
+        self.path = path
+        self.ranking = ranking or RankingConfig()
+        self.index_threshold = index_threshold
+        self._shards: dict[str, _Shard] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        path.mkdir(parents=True, exist_ok=True)
+        self._lockfile: IO[str] | None = open(path / ".lock", "a")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lockfile.close()
+            self._lockfile = None
+            raise ConfigurationError(
+                f"the embedded vector store in {path} is in use by another memory-server process; "
+                "stop it, or point MEMORY_DATA_DIR elsewhere, or use a Qdrant server (QDRANT_URL)"
+            ) from None
+
+    def _config(self) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=self.dims, distance=qe.Distance.Cosine),
+            sparse_vectors={SPARSE_NAME: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            optimizers=qe.EdgeOptimizersConfig(
+                indexing_threshold=_kilobytes(self.index_threshold, self.dims)
+            ),
+            # One indexing thread: the other core keeps serving while HNSW builds.
+            hnsw_config=qe.HnswIndexConfig(
+                m=16, ef_construct=100, full_scan_threshold=10_000, max_indexing_threads=1
+            ),
+        )
+
+    def collection_names(self) -> list[str]:
+        """Names of the collections on disk."""
+        return sorted(
+            p.name for p in self.path.iterdir() if p.is_dir() and p.name.startswith(COLLECTION_PREFIX)
+        )
+
+    def stored_dims(self, name: str) -> int | None:
+        meta = self.path / name / META_FILE
+        try:
+            return int(json.loads(meta.read_text())["dims"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def shard(self, name: str, create: bool = True) -> _Shard:
+        """The open shard of collection ``name`` (opened, or created, on first use)."""
+        found = self._shards.get(name)
+        if found is not None:
+            return found
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the vector store is closed")
+            found = self._shards.get(name)
+            if found is not None:
+                return found
+            where = self.path / name
+            existing = self.stored_dims(name)
+            if existing is not None and existing != self.dims:
+                from memory_server.storage.vectors import dimension_mismatch
+
+                raise ConfigurationError(dimension_mismatch(name, existing, self.dims))
+            if existing is not None:
+                shard = qe.EdgeShard.load(str(where), self._config())
+            elif not create:
+                raise KeyError(name)
+            else:
+                shard = qe.EdgeShard.create(str(where), self._config())
+                for field in _KEYWORD_FIELDS:
+                    shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+                shard.flush()
+                (where / META_FILE).write_text(json.dumps({"dims": self.dims, "format": 1}))
+            opened = _Shard(shard, self.dims, self.index_threshold)
+            self._shards[name] = opened
+            return opened
+
+    def check_dimensions(self, sample_user: str | None = None) -> None:
+        """Fail fast if a collection on disk was made with another embedding dimension."""
+        from memory_server.storage.vectors import dimension_mismatch
+
+        for name in self.collection_names():
+            size = self.stored_dims(name)
+            if size is not None and size != self.dims:
+                raise ConfigurationError(dimension_mismatch(name, size, self.dims))
+
+    def open_collection(self, user_id: str) -> EdgeCollection:
+        """The store of one user's collection (created on first use)."""
+        return EdgeCollection(self, user_id)
+
+    def ping(self) -> None:
+        if self._closed:
+            raise Unavailable("the vector store is closed")
+
+    def wait_indexed(self) -> None:
+        """Block until every background index build has finished (benchmarks, tests)."""
+        for shard in list(self._shards.values()):
+            shard.wait_indexed()
+
+    def close(self) -> None:
+        """Flush and close every shard, then release the directory."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            shards, self._shards = list(self._shards.values()), {}
+        for shard in shards:
+            try:
+                shard.close()
+            except Exception:
+                log.exception("closing a shard failed")
+        if self._lockfile is not None:
+            self._lockfile.close()
+            self._lockfile = None
+
+
+class EdgeCollection(HybridMixin):
+    """One user's collection: mem0's vector-store methods and our helpers, on an edge shard."""
+
+    def __init__(self, store: EdgeVectorStore, user_id: str, name: str | None = None) -> None:
+        self.store = store
+        self.user_id = user_id
+        self.collection_name = name or collection_name(user_id)
+        self.embedding_model_dims = store.dims
+        self.ranking = store.ranking
+        self.is_local = True
+        store.shard(self.collection_name)  # create it now, as mem0's stores do
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def _s(self) -> _Shard:
+        shard = self.store.shard(self.collection_name)
+        if shard.closed:
+            raise Unavailable("the vector store is closed")
+        return shard
+
+    @property
+    def _tail(self) -> Any:
+        return self._s.tail
+
+    @_tail.setter
+    def _tail(self, value: Any) -> None:
+        self._s.tail = value
+
+    def _scoped(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Drop the ``user_id`` condition (the collection is the user's); refuse another user."""
+        if not filters:
+            return None
+        remaining = dict(filters)
+        owner = remaining.pop("user_id", self.user_id)
+        if owner != self.user_id:
+            raise ValueError("a user's collection was asked for another user's memories")
+        return remaining or None
+
+    def _points(
+        self, vectors: Sequence[Sequence[float]], payloads: Sequence[dict[str, Any]], ids: Sequence[str]
+    ) -> list[qe.Point]:
+        points = []
+        for vector, payload, point_id in zip(vectors, payloads, ids, strict=True):
+            indices, values = ENCODER.document(str(payload.get("data") or ""))
+            named: dict[str, Any] = {"": [float(v) for v in vector]}
+            if indices:
+                named[SPARSE_NAME] = qe.SparseVector(indices, values)
+            points.append(qe.Point(str(point_id), named, payload))
+        return points
+
+    def _write(self, points: list[qe.Point]) -> None:
+        shard = self._s
+        with shard.lock:
+            shard.shard.update(qe.UpdateOperation.upsert_points(points))
+        shard.maybe_index()
+
+    @staticmethod
+    def _hit(point: Any, with_vector: bool = False) -> Hit:
+        return Hit(
+            str(point.id),
+            float(getattr(point, "score", 0.0) or 0.0),
+            dict(point.payload or {}),
+            vector=_dense_of(point.vector) if with_vector else None,
+        )
+
+    # ------------------------------------------------------------ ranking primitives
+
+    def _dense(self, vector: list[float], limit: int) -> list[Candidate]:
+        found = self._s.shard.query(
+            qe.QueryRequest(limit=limit, query=qe.Query.Nearest(list(vector)), with_payload=True)
+        )
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+
+    def _lexical(self, indices: list[int], values: list[float], limit: int) -> list[Candidate]:
+        found = self._s.shard.query(
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(qe.SparseVector(indices, values), using=SPARSE_NAME),
+                with_payload=True,
+            )
+        )
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+
+    def _fetch(self, ids: list[str]) -> list[Hit]:
+        return [self._hit(p, with_vector=True) for p in self.retrieve_many(ids, with_vectors=True)]
+
+    def _set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        self._s.shard.update(qe.UpdateOperation.set_payload([point_id], payload))
+
+    # ------------------------------------------------------------ mem0's VectorStoreBase
+
+    def insert(
+        self,
+        vectors: Sequence[Sequence[float]],
+        payloads: list[dict[str, Any]] | None = None,
+        ids: Ids | None = None,
+    ) -> None:
+        ids = [str(i) for i in ids] if ids is not None else [str(uuid.uuid4()) for _ in vectors]
+        payloads = [dict(p) for p in payloads] if payloads is not None else [{} for _ in vectors]
+        shard = self._s
+        with shard.lock:
+            self._link(ids, payloads)
+            shard.shard.update(qe.UpdateOperation.upsert_points(self._points(vectors, payloads, ids)))
+        shard.maybe_index()
+
+    def search(
+        self, query: str, vectors: list[float], top_k: int = 5, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Nearest points by cosine similarity (mem0's dense search)."""
+        found = self._s.shard.query(
+            qe.QueryRequest(
+                limit=top_k,
+                query=qe.Query.Nearest(list(vectors)),
+                filter=_filter(self._scoped(filters)),
+                with_payload=True,
+            )
+        )
+        return [self._hit(p) for p in found]
+
+    def keyword_search(self, query: str, top_k: int = 5, filters: dict[str, Any] | None = None) -> None:
+        return None  # mem0's own keyword pass is not used: ``rank`` does hybrid search
+
+    def delete(self, vector_id: str) -> None:
+        self.delete_many([str(vector_id)])
+
+    def update(
+        self, vector_id: str, vector: list[float] | None = None, payload: dict[str, Any] | None = None
+    ) -> None:
+        point_id = str(vector_id)
+        if vector is not None and payload is not None:
+            self._write(self._points([vector], [payload], [point_id]))
+            return
+        shard = self._s
+        with shard.lock:
+            if payload is not None:
+                shard.shard.update(qe.UpdateOperation.overwrite_payload([point_id], payload))
+            if vector is not None:
+                shard.shard.update(
+                    qe.UpdateOperation.update_vectors([qe.PointVectors(point_id, {"": list(vector)})])
+                )
+
+    def get(self, vector_id: str) -> Hit | None:
+        found = self.retrieve_many([str(vector_id)])
+        return self._hit(found[0]) if found else None
+
+    def list(self, filters: dict[str, Any] | None = None, top_k: int = 100) -> tuple[AnyList, None]:
+        records, _next = self._s.shard.scroll(
+            qe.ScrollRequest(limit=top_k, filter=_filter(self._scoped(filters)), with_payload=True)
+        )
+        return [self._hit(r) for r in records], None
+
+    def list_cols(self) -> AnyList:
+        return self.store.collection_names()
+
+    def col_info(self) -> dict[str, Any]:
+        info = self._s.shard.info()
+        return {"points_count": info.points_count, "indexed_vectors_count": info.indexed_vectors_count}
+
+    def delete_col(self) -> None:
+        self.delete_many([h.id for h in self.list(top_k=10**9)[0]])
+
+    def reset(self) -> None:
+        self.delete_col()
+
+    # ------------------------------------------------------------ our helpers
+
+    def delete_many(self, ids: Ids) -> None:
+        """Delete several points in one call."""
+        if ids:
+            shard = self._s
+            with shard.lock:
+                shard.shard.update(qe.UpdateOperation.delete_points([str(i) for i in ids]))
+
+    def retrieve_many(self, ids: Ids, with_vectors: bool = False) -> AnyList:
+        """Fetch several points in one call (vectors as a plain list)."""
+        if not ids:
+            return []
+        records = self._s.shard.retrieve([str(i) for i in ids], with_payload=True, with_vector=with_vectors)
+        return [
+            Hit(str(r.id), 0.0, dict(r.payload or {}), vector=_dense_of(r.vector) if with_vectors else None)
+            for r in records
+        ]
+
+    def upsert_points(self, points: Sequence[Any]) -> None:
+        """Write points back as they were (used to undo a change)."""
+        if points:
+            self._write(
+                self._points(
+                    [_dense_of(p.vector) or [] for p in points],
+                    [dict(p.payload or {}) for p in points],
+                    [str(p.id) for p in points],
+                )
+            )
+
+    def count(self) -> int:
+        """Points in the collection."""
+        return int(self._s.shard.count(qe.CountRequest(exact=True)))

@@ -1,0 +1,192 @@
+"""The embedded engine (qdrant-edge), hybrid ranking, migration, and parity with qdrant-client.
+
+No Qdrant server can be installed on the build machines, so parity is checked against
+qdrant-client's local mode, which runs the very ``UserCollection`` code a server deployment
+uses (same requests, same fusion); only the engine behind the client differs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from memory_server.config import load_settings
+from memory_server.errors import ConfigurationError
+from memory_server.runtime import Runtime
+from memory_server.services.memories import Caller
+from memory_server.storage.edge import EdgeCollection, EdgeVectorStore
+from memory_server.storage.embeddings import FastEmbedEmbedder
+from memory_server.storage.mem0_pool import mem0_payload
+from memory_server.storage.vectors import UserCollection, VectorStore
+
+TEXTS = [
+    "I adopted a grey cat called Pixel last winter",
+    "My sister lives in Valparaiso and teaches chemistry",
+    "The quarterly tax filing is due on the fifteenth",
+    "I am training for a half marathon in October",
+    "Our wifi password is written on the fridge",
+    "The project codename is Zephyrine-42",
+    "I prefer green tea over coffee in the morning",
+    "Dentist appointment moved to Thursday at noon",
+]
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def fill(
+    collection: EdgeCollection | UserCollection, embedder: FastEmbedEmbedder, texts: list[str]
+) -> list[str]:
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, t)) for t in texts]
+    # Hours apart: no conversation links, so the ranking is plain hybrid.
+    payloads = [
+        mem0_payload("alice", "app-1", t, START + timedelta(hours=i), START + timedelta(hours=i))
+        for i, t in enumerate(texts)
+    ]
+    collection.insert(vectors=embedder.embed(texts), payloads=payloads, ids=ids)
+    return ids
+
+
+def top(
+    collection: EdgeCollection | UserCollection, embedder: FastEmbedEmbedder, query: str, k: int = 3
+) -> list[str]:
+    return [h.id for h in collection.rank(query, embedder.embed_one(query), top_k=k)]
+
+
+def test_create_search_update_delete_and_reopen(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    collection = store.open_collection("alice")
+    ids = fill(collection, embedder, TEXTS)
+    assert collection.count() == len(TEXTS)
+    [hit] = collection.search("", embedder.embed_one("a pet cat"), top_k=1)
+    assert hit.id == ids[0] and hit.payload["data"] == TEXTS[0] and 0 < hit.score <= 1
+
+    new_text = "I adopted a black dog called Byte"
+    payload = dict(collection.get(ids[0]).payload)  # type: ignore[union-attr]
+    collection.update(ids[0], vector=embedder.embed_one(new_text), payload={**payload, "data": new_text})
+    assert top(collection, embedder, "dog named Byte", 1) == [ids[0]]
+    collection.delete(ids[1])
+    collection.delete_many([ids[2]])
+    assert collection.get(ids[1]) is None and collection.count() == len(TEXTS) - 2
+    store.close()
+
+    reopened = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    again = reopened.open_collection("alice")
+    assert again.count() == len(TEXTS) - 2
+    assert top(again, embedder, "dog named Byte", 1) == [ids[0]]
+    [record] = again.retrieve_many([ids[3]], with_vectors=True)
+    assert record.payload["data"] == TEXTS[3] and len(record.vector) == embedder.dims
+    reopened.close()
+
+
+def test_one_process_per_directory(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    try:
+        with pytest.raises(ConfigurationError, match="in use by another memory-server process"):
+            EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    finally:
+        store.close()
+
+
+def test_payload_filters(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    collection = store.open_collection("alice")
+    ids = fill(collection, embedder, TEXTS[:4])
+    collection.update(ids[1], payload={**collection.get(ids[1]).payload, "app_id": "app-2"})  # type: ignore[union-attr]
+    vector = embedder.embed_one("family")
+    assert {h.id for h in collection.search("", vector, top_k=10, filters={"app_id": "app-2"})} == {ids[1]}
+    assert ids[1] not in {h.id for h in collection.search("", vector, 10, {"app_id": {"ne": "app-2"}})}
+    listed, _ = collection.list(filters={"user_id": "alice", "app_id": ["app-1"]})
+    assert sorted(h.id for h in listed) == sorted(ids[0:1] + ids[2:4])
+    with pytest.raises(ValueError, match="another user"):
+        collection.search("", vector, 5, filters={"user_id": "mallory"})
+    store.close()
+
+
+def test_hnsw_build_keeps_results(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    """Past the threshold HNSW is built in the background; the top results stay the same."""
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge", index_threshold=1200)
+    collection = store.open_collection("alice")
+    filler = [f"Reminder {n}: water the plant number {n % 37} in room {n % 11}" for n in range(1500)]
+    fill(collection, embedder, TEXTS + filler)
+    queries = ["which pet do I have", "what do I drink in the morning", "project codename"]
+    exact = [top(collection, embedder, q) for q in queries]
+    store.wait_indexed()
+    assert collection.col_info()["indexed_vectors_count"] >= 1500
+    assert [top(collection, embedder, q) for q in queries] == exact
+    store.close()
+
+
+def test_lexical_only_match_is_found(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    """Codes mean little to the embedding model; BM25 tells them apart."""
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    collection = store.open_collection("alice")
+    codes = ["KX7Q", "MB3R", "TZ9W", "PL4D", "HV2N"]
+    ids = fill(collection, embedder, [f"Locker {c} holds the spare camera batteries" for c in codes] + TEXTS)
+    for i, code in enumerate(codes):
+        assert top(collection, embedder, f"which locker is {code}?", 1) == [ids[i]]
+    hit = collection.rank("KX7Q", embedder.embed_one("KX7Q"), top_k=1)[0]
+    assert -1 <= hit.score <= 1  # the score shown stays the cosine similarity
+    store.close()
+
+
+def test_conversation_neighbours_share_relevance(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    """An answer stored right after its question is found by what the question said."""
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    collection = store.open_collection("alice")
+    fill(collection, embedder, TEXTS)
+    turns = ["What did you name the sailing boat you bought?", "We called her Albatross, after the poem."]
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    later = START + timedelta(days=2)
+    payloads = [
+        mem0_payload("alice", "app-1", t, later + timedelta(seconds=i), later) for i, t in enumerate(turns)
+    ]
+    collection.insert(vectors=embedder.embed(turns), payloads=payloads, ids=ids)
+    stored = {r.id: r.payload for r in collection.retrieve_many(ids)}
+    assert stored[ids[1]]["prev_id"] == ids[0] and stored[ids[0]]["next_id"] == ids[1]
+    assert set(top(collection, embedder, "name of my sailing boat", 2)) == set(ids)
+    store.close()
+
+
+def test_same_ranking_as_the_qdrant_client_path(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    edge = EdgeVectorStore(embedder.dims, tmp_path / "edge").open_collection("alice")
+    client_store = VectorStore(embedder.dims, path=tmp_path / "qdrant")
+    server_path = client_store.open_collection("alice")
+    fill(edge, embedder, TEXTS)
+    fill(server_path, embedder, TEXTS)
+    for query in ["pet", "family abroad", "Zephyrine", "morning drink", "taxes deadline", "running race"]:
+        a = edge.rank(query, embedder.embed_one(query), top_k=5)
+        b = server_path.rank(query, embedder.embed_one(query), top_k=5)
+        assert [h.id for h in a] == [h.id for h in b], query
+        assert [round(h.score, 4) for h in a] == [round(h.score, 4) for h in b]
+    edge.store.close()
+    client_store.close()
+
+
+def test_old_local_mode_data_is_migrated(
+    tmp_path: Path, embedder: FastEmbedEmbedder, model_dir: Path
+) -> None:
+    alice = Caller("alice", "claude-desktop")
+    old = load_settings(
+        data_dir=tmp_path / "data", embedding_model_dir=model_dir, vector_engine="qdrant-local"
+    )
+    runtime = Runtime.build(old, embedder=embedder)
+    added = [runtime.memories.add(alice, t).results[0].id for t in TEXTS]
+    runtime.close()
+    assert (tmp_path / "data" / "qdrant" / "collection").is_dir()
+
+    new = load_settings(data_dir=tmp_path / "data", embedding_model_dir=model_dir)
+    runtime = Runtime.build(new, embedder=embedder)
+    try:
+        assert isinstance(runtime.vectors, EdgeVectorStore)
+        assert not (tmp_path / "data" / "qdrant").exists()
+        assert (tmp_path / "data" / "qdrant.migrated").is_dir()
+        assert runtime.pool.get("alice").store.count() == len(TEXTS)
+        found = runtime.memories.search(alice, "what is the name of my cat?", limit=1).results
+        assert found[0].id == added[0]
+        runtime.memories.update(alice, added[4], "The wifi password changed to correct-horse")
+        assert runtime.memories.search(alice, "wifi password", limit=1).results[0].id == added[4]
+    finally:
+        runtime.close()
+    Runtime.build(new, embedder=embedder).close()  # a second start finds nothing left to migrate
