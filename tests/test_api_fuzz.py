@@ -13,6 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from memory_server.api.app import create_app
 from memory_server.config import Settings, load_settings
@@ -61,10 +62,16 @@ def test_no_server_errors_on_any_route(runtime: Runtime, settings: Settings, aut
         )
         def run(case: Any) -> None:
             response = case.call(headers=headers)
+            where = f"{case.method} {case.formatted_path} -> {response.status_code}"
             if response.status_code >= 500:
-                failures.append(
-                    f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}"
+                failures.append(f"{where}: {response.text[:200]}")
+                return
+            try:  # every answer, errors included, must match the schema the API publishes
+                case.validate_response(
+                    response, checks=[response_schema_conformance, status_code_conformance]
                 )
+            except Exception as exc:  # schemathesis raises a group of check failures
+                failures.append(f"{where}: {str(exc)[:300]}")
 
         run()
     assert failures == []

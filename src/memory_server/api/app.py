@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memory_server import __version__
@@ -43,6 +44,35 @@ log = logging.getLogger(__name__)
 def error_body(code: str, message: str) -> dict[str, Any]:
     """The one JSON error shape of the HTTP API."""
     return {"error": {"code": code, "message": message}}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+# Published on every route, so clients (and schemathesis) see the real error shape; declaring
+# 422 here also replaces FastAPI's default validation-error schema, which we do not use.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "invalid input",
+        401: "missing or invalid credential",
+        403: "not allowed for this credential or app",
+        404: "not found for this user",
+        409: "conflicts with what is stored",
+        413: "text or body over the size limit",
+        422: "request does not match the schema",
+        429: "rate limit reached (see Retry-After)",
+        503: "a component is unavailable",
+    }.items()
+}
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -96,6 +126,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Long-term memory for AI assistants. MCP at /mcp/{client_name}/sse/{user_id} "
         "and /mcp/{client_name}/http/{user_id}.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.runtime = runtime
     app.state.auth = authenticator
