@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,6 +23,19 @@ from memory_server.events import emit
 from memory_server.identity import validate_client_name, validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
 from memory_server.services.base import Actor, Caller, ServiceBase, chunks, content_hash
+from memory_server.services.bulk_items import (
+    BATCH_SIZE,
+    WRITABLE_STATES,
+    BulkItem,
+    BulkResult,
+    OnExisting,
+    _Change,
+    _clean_categories,
+    _Item,
+    _Plan,
+    _utc,
+    category_id,
+)
 from memory_server.storage.mem0_pool import UserMemory, mem0_payload
 from memory_server.storage.models import (
     App,
@@ -41,105 +51,8 @@ from memory_server.storage.models import (
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 256
-MAX_CATEGORY_CHARS = 64
-
-OnExisting = Literal["update", "skip", "overwrite"]
-"""What a bulk write does with an id that is already stored for the user.
-
-``update`` (the default, the Slack sync's): a changed text (and its metadata) replaces the
-stored one; other fields stay. ``skip``: stored memories are left alone. ``overwrite``: the
-stored memory becomes the item (every field, as a new memory from it would be), keeping
-its id and, unless the item gives one, its creation time.
-"""
-
-WRITABLE_STATES = (MemoryState.active.value, MemoryState.paused.value, MemoryState.archived.value)
-
-
-@dataclass(frozen=True)
-class BulkItem:
-    """One memory to write: a stable UUID and its text; every other field is optional.
-
-    ``None`` means "not given": a new memory gets what ``add`` would give it (the caller's
-    app, ``active``, ``long_term``, importance 0.5, no categories, the current time). The
-    fields after ``created_at`` let an import carry a whole memory: ``app`` is an app
-    name (created for the user if missing), ``categories`` are names (created if
-    unknown), and ``vector`` is stored as given instead of embedding ``text``.
-    """
-
-    memory_id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    created_at: datetime | None = None
-    app: str | None = None
-    state: str | None = None
-    memory_type: str | None = None
-    importance: float | None = None
-    categories: Sequence[str] | None = None
-    updated_at: datetime | None = None
-    archived_at: datetime | None = None
-    expires_at: datetime | None = None
-    access_count: int | None = None
-    last_accessed_at: datetime | None = None
-    vector: Sequence[float] | None = None
-
-
-class BulkResult(BaseModel):
-    """What happened to each id of a bulk write."""
-
-    added: list[str] = Field(default_factory=list)
-    updated: list[str] = Field(default_factory=list)
-    unchanged: list[str] = Field(default_factory=list)
-    skipped: dict[str, str] = Field(default_factory=dict, description="id -> why it was not written")
-
-    def merge(self, other: BulkResult) -> None:
-        self.added += other.added
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        self.skipped.update(other.skipped)
-
-
-@dataclass(frozen=True)
-class _Item:
-    """A validated ``BulkItem``: canonical id, clean text and fields, its content hash."""
-
-    memory_id: str
-    text: str
-    digest: str
-    source: BulkItem
-    metadata: dict[str, Any]
-    app: str | None
-    state: str | None
-    memory_type: str | None
-    importance: float | None
-    categories: list[str] | None
-    access_count: int | None
-    vector: list[float] | None
-
-
-@dataclass
-class _Change:
-    """An existing memory to rewrite: the columns to set and what else follows from them."""
-
-    item: _Item
-    values: dict[str, Any]
-    old_state: str
-    text_changed: bool
-    categories: list[str] | None  # replace the memory's categories with these; None: leave them
-
-
-@dataclass
-class _Plan:
-    new: list[tuple[_Item, dict[str, Any]]] = field(default_factory=list)
-    changed: list[_Change] = field(default_factory=list)
-
-
-def category_id(name: str) -> str:
-    """A category's id: derived from its name, as migration 0002 does for the seed list.
-
-    Two writers creating the same new category at once then insert the same row.
-    """
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"memory-server:category:{name}"))
+# The item shapes live in bulk_items; re-exported here, where callers look for them.
+__all__ = ["BATCH_SIZE", "BulkItem", "BulkResult", "BulkWriter", "OnExisting", "category_id", "point_vector"]
 
 
 class BulkWriter(ServiceBase):
@@ -248,70 +161,63 @@ class BulkWriter(ServiceBase):
 
     def _app_ids(self, actor: Actor, names: set[str]) -> dict[str, str]:
         """App name -> id for the caller's app and the user's apps in ``names`` (created if missing)."""
-        found = {actor.app_name: actor.app_pk}
-        wanted = names - found.keys()
-        for _attempt in range(3):
-            if not wanted:
-                return found
-            with self.db.session() as session:
-                rows = session.execute(
-                    select(App.name, App.id).where(
-                        App.owner_id == actor.user_pk, App.name.in_(sorted(wanted))
-                    )
-                ).all()
-            found.update({name: app_pk for name, app_pk in rows})
-            wanted -= found.keys()
-            if not wanted:
-                return found
-            now = self.clock()
-            try:
-                with self.db.session() as session:
-                    session.execute(
-                        insert(App),
-                        [
-                            {
-                                "id": new_id(),
-                                "owner_id": actor.user_pk,
-                                "name": name,
-                                "is_active": True,
-                                "created_at": now,
-                                "updated_at": now,
-                            }
-                            for name in sorted(wanted)
-                        ],
-                    )
-            except IntegrityError:
-                continue  # created by someone else meanwhile: read them back
-        if wanted:
-            raise Unavailable("could not register the apps of the imported memories; try again")
-        return found
+
+        def rows(now: datetime, wanted: list[str]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "id": new_id(),
+                    "owner_id": actor.user_pk,
+                    "name": n,
+                    "is_active": True,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for n in wanted
+            ]
+
+        found = self._named_ids(App, App.owner_id == actor.user_pk, names - {actor.app_name}, rows, "apps")
+        return {actor.app_name: actor.app_pk, **found}
 
     def _category_ids(self, names: set[str]) -> dict[str, str]:
         """Category name -> id, creating unknown categories."""
+
+        def rows(now: datetime, wanted: list[str]) -> list[dict[str, Any]]:
+            return [{"id": category_id(n), "name": n, "created_at": now} for n in wanted]
+
+        return self._named_ids(Category, true(), names, rows, "categories")
+
+    def _named_ids(
+        self,
+        model: type[App] | type[Category],
+        scope: ColumnElement[bool],
+        names: set[str],
+        new_rows: Callable[[datetime, list[str]], list[dict[str, Any]]],
+        what: str,
+    ) -> dict[str, str]:
+        """Name -> id of rows of ``model`` within ``scope``, inserting the missing ones.
+
+        Two writers may insert the same name at once: the loser reads the winner's row back.
+        """
         found: dict[str, str] = {}
         wanted = set(names)
         for _attempt in range(3):
             if not wanted:
                 return found
             with self.db.session() as session:
-                rows = session.execute(
-                    select(Category.name, Category.id).where(Category.name.in_(sorted(wanted)))
+                existing = session.execute(
+                    select(model.name, model.id).where(scope, model.name.in_(sorted(wanted)))
                 ).all()
-            found.update({name: cid for name, cid in rows})
+            found.update({name: row_id for name, row_id in existing})
             wanted -= found.keys()
             if not wanted:
                 return found
-            now = self.clock()
             try:
                 with self.db.session() as session:
-                    session.execute(
-                        insert(Category),
-                        [{"id": category_id(n), "name": n, "created_at": now} for n in sorted(wanted)],
-                    )
+                    session.execute(insert(model), new_rows(self.clock(), sorted(wanted)))
             except IntegrityError:
-                continue
+                continue  # created by someone else meanwhile: read them back
         if wanted:
-            raise Unavailable("could not create the categories of the imported memories; try again")
+            raise Unavailable(f"could not create the {what} of the imported memories; try again")
         return found
 
     # ---------------------------------------------------------------- planning
@@ -599,23 +505,6 @@ class BulkWriter(ServiceBase):
                         [{"memory_id": memory_id, "category_id": category_ids[n]} for n in change.categories],
                     )
         emit(session, "update", actor.user_id, [c.item.memory_id for c in plan.changed])
-
-
-def _clean_categories(names: Sequence[str]) -> list[str]:
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise InvalidInput("categories must be a list of names")
-    clean = sorted({n.strip().lower() for n in names})
-    for name in clean:
-        if not name or len(name) > MAX_CATEGORY_CHARS or "\x00" in name:
-            raise InvalidInput(f"category names must have 1 to {MAX_CATEGORY_CHARS} characters")
-    return clean
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """``value`` as an aware datetime; a naive one is taken to be UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def point_vector(point: Any) -> list[float] | None:

@@ -275,16 +275,6 @@ class EdgeCollection(HybridMixin):
     def _tail(self, value: Any) -> None:
         self._s.tail = value
 
-    def _scoped(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Drop the ``user_id`` condition (the collection is the user's); refuse another user."""
-        if not filters:
-            return None
-        remaining = dict(filters)
-        owner = remaining.pop("user_id", self.user_id)
-        if owner != self.user_id:
-            raise ValueError("a user's collection was asked for another user's memories")
-        return remaining or None
-
     def _points(
         self, vectors: Sequence[Sequence[float]], payloads: Sequence[dict[str, Any]], ids: Sequence[str]
     ) -> list[qe.Point]:

@@ -94,7 +94,24 @@ class _LRU:
                 self._items.popitem(last=False)
 
 
-class FastEmbedEmbedder:
+class _CachedQueries:
+    """``embed_one`` through a small LRU cache (repeated queries are common)."""
+
+    _cache: _LRU
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def embed_one(self, text: str) -> list[float]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        vector = self.embed([text])[0]
+        self._cache.put(text, vector)
+        return vector
+
+
+class FastEmbedEmbedder(_CachedQueries):
     """all-MiniLM-L6-v2 (384 dims) run locally through ONNX Runtime; no PyTorch, no network."""
 
     def __init__(self, model_dir: Path, model_name: str, threads: int = 2, cache_size: int = 2048) -> None:
@@ -124,16 +141,8 @@ class FastEmbedEmbedder:
             vectors = list(self._model.embed(list(texts), batch_size=64))
         return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
 
-    def embed_one(self, text: str) -> list[float]:
-        cached = self._cache.get(text)
-        if cached is not None:
-            return cached
-        vector = self.embed([text])[0]
-        self._cache.put(text, vector)
-        return vector
 
-
-class OpenAIEmbedder:
+class OpenAIEmbedder(_CachedQueries):
     """Embeddings from OpenAI or any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio)."""
 
     def __init__(self, config: dict[str, Any], cache_size: int = 2048) -> None:
@@ -169,14 +178,6 @@ class OpenAIEmbedder:
                 f"but EMBEDDING_DIMS is {self.dims}"
             )
         return vectors
-
-    def embed_one(self, text: str) -> list[float]:
-        cached = self._cache.get(text)
-        if cached is not None:
-            return cached
-        vector = self.embed([text])[0]
-        self._cache.put(text, vector)
-        return vector
 
 
 def create_embedder(provider: str, config: dict[str, Any], model_dir: Path, threads: int) -> Embedder:

@@ -112,8 +112,24 @@ class HybridMixin:
     """Hybrid ``rank`` and conversation links, over a store's primitives."""
 
     ranking: RankingConfig
+    user_id: str
     _tail: tuple[str, datetime, Any] | None
     _write_lock: threading.RLock
+
+    def _scoped(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Drop the ``user_id`` condition: the whole collection is this user's.
+
+        mem0 always filters by user; the collection is per user already, and on an embedded
+        store every filter costs time per point. A filter naming another user is a bug and
+        is refused, never widened.
+        """
+        if not filters:
+            return None
+        remaining = dict(filters)
+        owner = remaining.pop("user_id", self.user_id)
+        if owner != self.user_id:
+            raise ValueError("a user's collection was asked for another user's memories")
+        return remaining or None
 
     def _dense(self, vector: list[float], limit: int) -> list[Candidate]:
         raise NotImplementedError

@@ -77,21 +77,6 @@ class UserCollection(HybridMixin, Qdrant):  # type: ignore[misc]
         super().__init__(collection_name=collection_name(user_id), embedding_model_dims=dims, client=client)
         self.is_local = is_local
 
-    def _scoped(self, filters: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Drop the ``user_id`` condition: the whole collection is this user's.
-
-        mem0 always filters by user; on embedded Qdrant every filter is checked point by
-        point in Python, which made a search at 1k memories cost ~15 ms for nothing.
-        A filter naming another user is a bug and is refused, never widened.
-        """
-        if not filters:
-            return None
-        remaining = dict(filters)
-        owner = remaining.pop("user_id", self.user_id)
-        if owner != self.user_id:
-            raise ValueError("a user's collection was asked for another user's memories")
-        return remaining or None
-
     def search(
         self, query: str, vectors: Vector, top_k: int = 5, filters: dict[str, Any] | None = None
     ) -> Any:
