@@ -7,6 +7,7 @@ uses (same requests, same fusion); only the engine behind the client differs.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,9 +114,32 @@ def test_hnsw_build_keeps_results(tmp_path: Path, embedder: FastEmbedEmbedder) -
     queries = ["which pet do I have", "what do I drink in the morning", "project codename"]
     exact = [top(collection, embedder, q) for q in queries]
     store.wait_indexed()
-    assert collection.col_info()["indexed_vectors_count"] >= 1500
+    assert "hnsw" in dense_index_kinds(tmp_path / "edge")
     assert [top(collection, embedder, q) for q in queries] == exact
     store.close()
+
+
+def dense_index_kinds(path: Path) -> set[str]:
+    """Dense-index kinds of the segments on disk: "plain" (exact search) or "hnsw"."""
+    return {
+        json.loads(meta.read_text())["config"]["vector_data"][""]["index"]["type"]
+        for meta in path.glob("*/segments/*/segment.json")
+    }
+
+
+def test_a_shard_closed_before_its_index_was_built_gets_it_on_reopen(
+    tmp_path: Path, embedder: FastEmbedEmbedder
+) -> None:
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge", index_threshold=100_000)
+    fill(store.open_collection("alice"), embedder, [f"Note {n} about shelf {n % 13}" for n in range(1200)])
+    store.close()
+    assert "hnsw" not in dense_index_kinds(tmp_path / "edge")
+    again = EdgeVectorStore(embedder.dims, tmp_path / "edge", index_threshold=1000)
+    collection = again.open_collection("alice")
+    assert top(collection, embedder, "shelf 7", 3)  # opening it starts the build
+    again.wait_indexed()
+    assert "hnsw" in dense_index_kinds(tmp_path / "edge")
+    again.close()
 
 
 def test_lexical_only_match_is_found(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:

@@ -25,7 +25,7 @@ from qdrant_client import QdrantClient, models
 from memory_server.errors import ConfigurationError, Unavailable
 from memory_server.identity import COLLECTION_PREFIX, collection_name
 from memory_server.storage.lexical import ENCODER, SPARSE_NAME
-from memory_server.storage.ranking import Candidate, Hit, HybridMixin, RankingConfig
+from memory_server.storage.ranking import NEXT, PREV, Candidate, Hit, HybridMixin, RankingConfig
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class UserCollection(HybridMixin, Qdrant):  # type: ignore[misc]
 
     def _dense(self, vector: Vector, limit: int) -> Candidates:
         found = self.client.query_points(
-            collection_name=self.collection_name, query=list(vector), limit=limit, with_payload=True
+            collection_name=self.collection_name, query=list(vector), limit=limit, with_payload=[PREV, NEXT]
         ).points
         return [(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
 
@@ -160,7 +160,7 @@ class UserCollection(HybridMixin, Qdrant):  # type: ignore[misc]
             query=models.SparseVector(indices=indices, values=values),
             using=SPARSE_NAME,
             limit=limit,
-            with_payload=True,
+            with_payload=[PREV, NEXT],
         ).points
         return [(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
 
