@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 
 import pytest
@@ -48,6 +49,7 @@ def test_get_and_access_logs_are_written(service: MemoryService, runtime: Runtim
     assert service.get(alice, memory.id).text == "I am allergic to peanuts"
     service.search(alice, "food allergy", limit=5)
     service.list_memories(alice)
+    runtime.memories.access.flush()  # searches and listings record their reads behind the request
     with runtime.db.session() as session:
         kinds = sorted(
             session.scalars(select(MemoryAccessLog.access_type).where(MemoryAccessLog.memory_id == memory.id))
@@ -155,12 +157,15 @@ def test_same_user_different_apps_share_memories(service: MemoryService, alice: 
 
 def test_a_paused_app_is_refused(service: MemoryService, runtime: Runtime, alice: Caller) -> None:
     service.add(alice, "I like hiking")
+    # Paused behind this process's back (as another replica would): honoured once the
+    # identity cache entry expires, ActorCache.ttl (2 s) at most.
     with runtime.db.session() as session:
         app = session.scalar(
             select(App).join(User).where(User.user_id == alice.user_id, App.name == alice.client_name)
         )
         assert app is not None
         app.is_active = False
+    time.sleep(service.actors.ttl)
     for call in (
         lambda: service.add(alice, "something new"),
         lambda: service.search(alice, "hiking"),

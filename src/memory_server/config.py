@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     maintenance_interval_minutes: float = Field(
         60, validation_alias=_env("MAINTENANCE_INTERVAL_MINUTES"), ge=0
     )
+    access_log_flush_seconds: float = Field(
+        0.25, validation_alias=_env("ACCESS_LOG_FLUSH_SECONDS"), ge=0, le=60
+    )
     archive_after_days: float = Field(30, validation_alias=_env("ARCHIVE_AFTER_DAYS"), gt=0)
     archive_max_importance: float = Field(0.3, validation_alias=_env("ARCHIVE_MAX_IMPORTANCE"), ge=0, le=1)
     archive_max_access_count: int = Field(2, validation_alias=_env("ARCHIVE_MAX_ACCESS_COUNT"), ge=0)

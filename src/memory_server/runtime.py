@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from memory_server.config import ProvidersConfig, Settings, load_providers
+from memory_server.services.access import AccessRecorder
 from memory_server.services.apps import AppService
+from memory_server.services.base import ActorCache
 from memory_server.services.categories import Categorizer
 from memory_server.services.doctor import Doctor
 from memory_server.services.lifecycle import LifecycleService, MaintenancePolicy, MaintenanceReport
@@ -125,6 +127,8 @@ class Runtime:
             short_term_ttl=timedelta(days=settings.short_term_ttl_days),
         )
         categorizer = Categorizer(db, embedder, pool.llm if pool.llm_enabled else None)
+        access = AccessRecorder(db, interval=settings.access_log_flush_seconds)
+        actors = ActorCache()
         policy = MaintenancePolicy(
             archive_after=timedelta(days=settings.archive_after_days),
             archive_max_importance=settings.archive_max_importance,
@@ -138,9 +142,11 @@ class Runtime:
             embedder,
             vectors,
             pool,
-            MemoryService(db, pool, limits, clock, after_add=categorizer.enqueue),
-            LifecycleService(db, pool, limits, clock),
-            AppService(db, pool, limits, clock),
+            MemoryService(
+                db, pool, limits, clock, after_add=categorizer.enqueue, access=access, actors=actors
+            ),
+            LifecycleService(db, pool, limits, clock, access=access, actors=actors),
+            AppService(db, pool, limits, clock, access=access, actors=actors),
             categorizer,
             policy,
             TokenService(db, clock),
@@ -158,6 +164,7 @@ class Runtime:
     def close(self) -> None:
         """Release files and connections (the embedded Qdrant lock above all)."""
         self.categorizer.close()
+        self.memories.access.close()
         self.pool.close()
         self.vectors.close()
         self.db.dispose()

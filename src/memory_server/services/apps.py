@@ -61,7 +61,8 @@ class AppService(ServiceBase):
 
     def _apps(self, actor: Actor, app_id: str | None = None) -> list[AppOut]:
         live = Memory.state != MemoryState.deleted.value
-        with self.db.session() as session:
+        self.access.flush()
+        with self.db.session(readonly=True) as session:
             query = select(App).where(App.owner_id == actor.user_pk).order_by(App.name)
             if app_id is not None:
                 query = query.where(App.id == app_id)
@@ -121,13 +122,16 @@ class AppService(ServiceBase):
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise NotFound(f"no app with id {app_id} for this user")
+        self.actors.forget_user(caller.user_id)
         return self.get_app(caller, app_pk)
 
     def app_memories(self, caller: Caller, app_id: Any, limit: int = 50, offset: int = 0) -> MemoryPage:
         """Memories an app created (any state but deleted), newest first."""
         app = self.get_app(caller, app_id)
         states = [s.value for s in MemoryState if s is not MemoryState.deleted]
-        lister = MemoryService(self.db, self.pool, self.limits, self.clock)
+        lister = MemoryService(
+            self.db, self.pool, self.limits, self.clock, access=self.access, actors=self.actors
+        )
         return lister.list_memories(
             caller, limit, offset, MemoryFilter(states=states, apps=[app.name]), log_access=False
         )

@@ -159,6 +159,7 @@ class BackupService(ServiceBase):
         if app is not None:
             validate_client_name(app)
         since = _aware(since)
+        self.access.flush()  # access counts are part of the export
         with self.db.session() as session:
             user_pk = session.scalar(select(User.id).where(User.user_id == user_id))
             if user_pk is None:

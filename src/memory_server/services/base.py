@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +33,7 @@ from memory_server.errors import (
 from memory_server.events import emit
 from memory_server.identity import validate_client_name, validate_user_id
 from memory_server.schemas import Event, MemoryOut
+from memory_server.services.access import AccessRecorder, synchronous
 from memory_server.storage.database import Database
 from memory_server.storage.mem0_pool import MemoryPool, UserMemory
 from memory_server.storage.models import (
@@ -79,6 +83,42 @@ class Actor:
     app_name: str
 
 
+class ActorCache:
+    """(user id, app name) -> (user pk, app pk, app active), shared by a runtime's services.
+
+    Users and apps are never deleted and their keys never change, so only ``is_active`` can
+    go stale: an entry lives ``ttl`` seconds, and pausing or resuming an app through this
+    process drops its entry at once (another replica notices within ``ttl``). This saves a
+    query on every call.
+    """
+
+    def __init__(self, ttl: float = 2.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self._items: OrderedDict[tuple[str, str], tuple[float, tuple[str, str, bool]]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> tuple[str, str, bool] | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is None or time.monotonic() - found[0] > self.ttl:
+                return None
+            return found[1]
+
+    def put(self, key: tuple[str, str], value: tuple[str, str, bool]) -> tuple[str, str, bool]:
+        with self._lock:
+            self._items[key] = (time.monotonic(), value)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+    def forget_user(self, user_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == user_id]:
+                del self._items[key]
+
+
 @dataclass(frozen=True)
 class Limits:
     """The knobs of the service, taken from settings."""
@@ -104,8 +144,13 @@ class ServiceBase:
         limits: Limits,
         clock: Callable[[], datetime] = utcnow,
         after_add: Callable[[list[str]], None] | None = None,
+        access: AccessRecorder | None = None,
+        actors: ActorCache | None = None,
     ) -> None:
         self.db = db
+        # Shared by the services of one runtime (see runtime.py).
+        self.access = access or synchronous(db)
+        self.actors = actors or ActorCache()
         self.pool = pool
         self.limits = limits
         self.clock = clock
@@ -120,14 +165,18 @@ class ServiceBase:
 
     def _actor(self, caller: Caller) -> Actor:
         """Resolve (creating on first use) the caller's user and app; refuse a paused app."""
-        with self.db.session() as session:
-            row = session.execute(
-                select(User.id, App.id, App.is_active)
-                .join(App, App.owner_id == User.id)
-                .where(User.user_id == caller.user_id, App.name == caller.client_name)
-            ).first()
+        key = (caller.user_id, caller.client_name)
+        row = self.actors.get(key)
         if row is None:
-            row = self._create_actor(caller)
+            with self.db.session(readonly=True) as session:
+                row = session.execute(
+                    select(User.id, App.id, App.is_active)
+                    .join(App, App.owner_id == User.id)
+                    .where(User.user_id == caller.user_id, App.name == caller.client_name)
+                ).first()
+            if row is None:
+                row = self._create_actor(caller)
+            row = self.actors.put(key, (row[0], row[1], bool(row[2])))
         user_pk, app_pk, is_active = row
         if not is_active and caller.enforce_app_state:
             raise Forbidden(
@@ -368,6 +417,12 @@ class ServiceBase:
             found[row.id] = (row, name)
         return found
 
+    def _record_access(
+        self, actor: Actor, memory_ids: Sequence[str], access_type: str, meta: dict[str, Any], touch: bool
+    ) -> None:
+        """Log reads (and with ``touch`` count a use of each) behind the request (access.py)."""
+        self.access.record(actor.app_pk, memory_ids, access_type, meta, self.clock(), touch)
+
     def _log_access(
         self,
         session: Session,
@@ -418,7 +473,7 @@ class ServiceBase:
         }
         if not close:
             return None
-        with self.db.session() as session:
+        with self.db.session(readonly=True) as session:
             rows = self._rows_with_app(session, actor, close, active_only=True)
         best = max(rows, key=lambda mid: close[mid], default=None)
         if best is None:

@@ -157,7 +157,8 @@ class LifecycleService(ServiceBase):
         mid = validate_memory_id(memory_id)
         limit = self._check_limit(limit, "limit", 1, MAX_LIST_LIMIT)
         offset = self._check_limit(offset, "offset", 0, 10**9)
-        with self.db.session() as session:
+        self.access.flush()
+        with self.db.session(readonly=True) as session:
             owner = session.scalar(select(Memory.user_id).where(Memory.id == mid))
             if owner != actor.user_pk:
                 raise NotFound(f"no memory with id {mid} for this user")
@@ -188,6 +189,7 @@ class LifecycleService(ServiceBase):
 
         Promotion runs first, so a memory in use is never archived in the same pass.
         """
+        self.access.flush()  # promotion counts uses
         now = self.clock()
         report = MaintenanceReport()
         short_active = and_(

@@ -111,7 +111,7 @@ class MemoryService(ServiceBase):
 
     def _add_verbatim(self, actor: Actor, text: str, fields: _NewFields) -> AddResult:
         digest = content_hash(text)
-        with self.db.session() as session:
+        with self.db.session(readonly=True) as session:
             existing = self._existing_live(session, actor, digest)
             if existing is not None:
                 return AddResult(
@@ -251,15 +251,14 @@ class MemoryService(ServiceBase):
                 raise Unavailable("the vector store is unavailable; try again shortly") from exc
             # The store's order is the ranking (hybrid); the score shown is the cosine similarity.
             scores = {h.id: h.score for h in hits}
-            with self.db.session() as session:
+            with self.db.session(readonly=True) as session:
                 rows = self._rows_with_app(session, actor, scores, active_only=True)
                 ranked = [h.id for h in hits if h.id in rows][:limit]
                 if len(ranked) >= limit or len(hits) < fetch or fetch >= MAX_SEARCH_FETCH:
-                    self._log_access(session, actor, ranked, "search", {"query": clean[:500]})
-                    self._touch(session, ranked)
                     results = self._outs(session, [rows[mid] for mid in ranked], scores)
                     break
             fetch = min(fetch * 4, MAX_SEARCH_FETCH)  # inactive memories crowded the top: look further
+        self._record_access(actor, ranked, "search", {"query": clean[:500]}, touch=True)
         return SearchResult(results=results)
 
     def related(self, caller: Caller, memory_id: Any, limit: Any = 10) -> SearchResult:
@@ -267,7 +266,7 @@ class MemoryService(ServiceBase):
         actor = self._actor(caller)
         mid = validate_memory_id(memory_id)
         limit = self._check_limit(limit, "limit", 1, MAX_SEARCH_LIMIT)
-        with self.db.session() as session:
+        with self.db.session(readonly=True) as session:
             if mid not in self._rows_with_app(session, actor, [mid], active_only=False):
                 raise NotFound(f"no memory with id {mid} for this user")
         memory = self._memory(actor)
@@ -283,7 +282,7 @@ class MemoryService(ServiceBase):
             log.exception("related search failed")
             raise Unavailable("the vector store is unavailable; try again shortly") from exc
         scores = {str(h.id): float(h.score) for h in hits if str(h.id) != mid}
-        with self.db.session() as session:
+        with self.db.session(readonly=True) as session:
             rows = self._rows_with_app(session, actor, scores, active_only=True)
             ranked = sorted(rows, key=lambda m: scores[m], reverse=True)[:limit]
             results = self._outs(session, [rows[m] for m in ranked], scores)
@@ -304,7 +303,7 @@ class MemoryService(ServiceBase):
         offset = self._check_limit(offset, "offset", 0, 10**9)
         conditions = (filters or MemoryFilter()).conditions(actor.user_pk)
         order = _order_by(sort)
-        with self.db.session() as session:
+        with self.db.session(readonly=True) as session:
             base = select(Memory.id).join(App, App.id == Memory.app_id).where(*conditions)
             total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
             rows = session.execute(
@@ -315,9 +314,9 @@ class MemoryService(ServiceBase):
                 .limit(limit)
                 .offset(offset)
             ).all()
-            if log_access:
-                self._log_access(session, actor, [r.id for r, _ in rows], "list", {})
             results = self._outs(session, [(r, name) for r, name in rows])
+        if log_access:
+            self._record_access(actor, [r.id for r, _ in rows], "list", {}, touch=False)
         return MemoryPage(results=results, total=total, limit=limit, offset=offset)
 
     def get(self, caller: Caller, memory_id: Any) -> MemoryOut:
@@ -468,7 +467,9 @@ class MemoryService(ServiceBase):
     @property
     def backups(self) -> BackupService:
         """Export and import of a user's memories (see ``services.backup``)."""
-        return BackupService(self.db, self.pool, self.limits, self.clock)
+        return BackupService(
+            self.db, self.pool, self.limits, self.clock, access=self.access, actors=self.actors
+        )
 
     def upsert_many(
         self, caller: Caller, items: Sequence[BulkItem], on_existing: OnExisting = "update"

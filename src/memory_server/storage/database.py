@@ -34,8 +34,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_READONLY = "memory_server_readonly"
+
+
 def _begin_immediate(connection: Any) -> None:
     """Take SQLite's write lock when a transaction starts, not at its first write.
+
+    Read-only sessions (``Database.session(readonly=True)``) begin deferred instead: in
+    WAL mode they read a snapshot without waiting for, or blocking, any writer.
 
     A search reads, then writes its access log in the same transaction. With a deferred
     BEGIN, a transaction that read before another writer committed cannot upgrade to a
@@ -44,7 +50,10 @@ def _begin_immediate(connection: Any) -> None:
     BEGIN IMMEDIATE makes transactions queue on the lock instead (WAL readers are not
     blocked by it).
     """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if connection.get_execution_options().get(_READONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -116,6 +125,7 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._readers = sessionmaker(engine.execution_options(**{_READONLY: True}), expire_on_commit=False)
         self.events = EventBus()
 
     @property
@@ -123,13 +133,16 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, readonly: bool = False) -> Iterator[Session]:
         """A session in a transaction: committed on success, rolled back on error.
+
+        ``readonly`` sessions must not write: on SQLite they do not take the write lock, so
+        any number of them run beside a writer.
 
         Connection-level failures become ``Unavailable`` so callers answer 503 or a clear
         tool error instead of a traceback.
         """
-        session = self._sessions()
+        session = (self._readers if readonly else self._sessions)()
         try:
             yield session
             events = take_pending(session)
