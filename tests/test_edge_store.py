@@ -214,3 +214,16 @@ def test_old_local_mode_data_is_migrated(
     finally:
         runtime.close()
     Runtime.build(new, embedder=embedder).close()  # a second start finds nothing left to migrate
+
+
+def test_batch_embedding_keeps_order_and_reuses_cached_vectors(model_dir: Path) -> None:
+    embedder = FastEmbedEmbedder(model_dir, "sentence-transformers/all-MiniLM-L6-v2")
+    texts = ["a much longer sentence about the garden shed and the old red bicycle in it", "tea", "my cat"]
+    singles = [embedder.embed([t])[0] for t in texts]  # (batches of one: no padding)
+    batch = embedder.embed(texts)  # sorted by length inside, returned in the given order
+    for got, want in zip(batch, singles, strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    cached = embedder.embed_one("tea")
+    assert embedder.embed(["tea", "my cat"])[0] is cached  # taken from the query cache
+    embedder.embed(["never asked as a query"])
+    assert embedder._cache.get("never asked as a query") is None  # batches do not fill it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -129,6 +130,15 @@ def test_offline_categories(runtime: Runtime, alice: Caller, text: str, category
     memory = runtime.memories.add(alice, text).results[0]
     runtime.categorizer.drain()
     assert category in runtime.memories.get(alice, memory.id).categories
+
+
+def test_memories_added_from_many_threads_are_all_categorised(runtime: Runtime, alice: Caller) -> None:
+    """Ids queued while a batch runs are picked up by the next batch, none left behind."""
+    texts = [f"Flight {n} to Tokyo on {n} March, seat {n}A" for n in range(1, 25)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        ids = [r.results[0].id for r in pool.map(lambda t: runtime.memories.add(alice, t), texts)]
+    runtime.categorizer.drain()
+    assert all("travel" in runtime.memories.get(alice, mid).categories for mid in ids)
 
 
 def test_sweep_categorises_what_the_queue_missed(runtime: Runtime, alice: Caller) -> None:

@@ -60,20 +60,39 @@ class Categorizer:
         self.second_within = second_within
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="categorize")
         self._pending: set[Future[None]] = set()
+        self._queued: set[str] = set()
+        self._scheduled = False
         self._lock = threading.Lock()
         self._category_vectors: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None = None
 
     def enqueue(self, memory_ids: list[str]) -> None:
-        """Categorise these memories soon; returns at once."""
+        """Categorise these memories soon; returns at once.
+
+        Ids queued while a batch runs are taken together by the next one: under a stream
+        of adds that is one read and one write transaction per batch, not per memory.
+        """
         if not memory_ids:
             return
+        with self._lock:
+            self._queued.update(memory_ids)
+            if self._scheduled:
+                return
+            self._scheduled = True
         try:
-            future = self._executor.submit(self._run, list(memory_ids))
+            future = self._executor.submit(self._run_queued)
         except RuntimeError:  # shutting down: the sweep will catch up later
+            with self._lock:
+                self._scheduled = False
             return
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
+
+    def _run_queued(self) -> None:
+        with self._lock:
+            batch, self._queued, self._scheduled = list(self._queued), set(), False
+        for start in range(0, len(batch), 500):
+            self._run(batch[start : start + 500])
 
     def _done(self, future: Future[None]) -> None:
         with self._lock:

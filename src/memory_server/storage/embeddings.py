@@ -95,18 +95,30 @@ class _LRU:
 
 
 class _CachedQueries:
-    """``embed_one`` through a small LRU cache (repeated queries are common)."""
+    """``embed_one`` through a small LRU cache (repeated queries are common).
+
+    ``embed`` reuses cached vectors too (the categoriser embeds a memory just added,
+    whose vector the add put in the cache) but does not fill the cache: a bulk import
+    would only push the queries out.
+    """
 
     _cache: _LRU
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
         raise NotImplementedError
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        found = {i: v for i, t in enumerate(texts) if (v := self._cache.get(t)) is not None}
+        missing = [i for i in range(len(texts)) if i not in found]
+        if missing:
+            found.update(zip(missing, self._embed([texts[i] for i in missing]), strict=True))
+        return [found[i] for i in range(len(texts))]
 
     def embed_one(self, text: str) -> list[float]:
         cached = self._cache.get(text)
         if cached is not None:
             return cached
-        vector = self.embed([text])[0]
+        vector = self._embed([text])[0]
         self._cache.put(text, vector)
         return vector
 
@@ -132,14 +144,20 @@ class FastEmbedEmbedder(_CachedQueries):
         self._lock = threading.Lock()
         self.dims = len(self.embed_one("dimension probe"))
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
+        # Batches of similar length pad less (+3-4% sentences/s on a bulk import);
+        # the vectors go back in the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         # ONNX Runtime sessions are thread-safe, but one batch at a time keeps the two
         # cores of a small machine from thrashing between concurrent requests.
         with self._lock:
-            vectors = list(self._model.embed(list(texts), batch_size=64))
-        return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+            vectors = list(self._model.embed([texts[i] for i in order], batch_size=64))
+        out: list[list[float]] = [[] for _ in texts]
+        for i, vector in zip(order, vectors, strict=True):
+            out[i] = np.asarray(vector, dtype=np.float32).tolist()
+        return out
 
 
 class OpenAIEmbedder(_CachedQueries):
@@ -159,7 +177,7 @@ class OpenAIEmbedder(_CachedQueries):
         )
         self._cache = _LRU(cache_size)
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
         from openai import OpenAIError
