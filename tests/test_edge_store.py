@@ -7,8 +7,11 @@ uses (same requests, same fusion); only the engine behind the client differs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import threading
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -227,3 +230,34 @@ def test_batch_embedding_keeps_order_and_reuses_cached_vectors(model_dir: Path) 
     assert embedder.embed(["tea", "my cat"])[0] is cached  # taken from the query cache
     embedder.embed(["never asked as a query"])
     assert embedder._cache.get("never asked as a query") is None  # batches do not fill it
+
+
+class _CountingEmbedder(FastEmbedEmbedder):
+    """The real model, recording the size of each batch it runs."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.batches: list[int] = []
+        super().__init__(model_dir, "sentence-transformers/all-MiniLM-L6-v2")
+
+    def _run(self, texts: Sequence[str]) -> list[list[float]]:
+        self.batches.append(len(texts))
+        return super()._run(texts)
+
+
+def test_concurrent_queries_share_batches_and_get_their_own_vectors(model_dir: Path) -> None:
+    embedder = _CountingEmbedder(model_dir)
+    texts = [f"question number {n} about {word}" for n, word in enumerate(["tea", "cats", "rain"] * 8)]
+    alone = {t: embedder._embed([t])[0] for t in texts}
+    embedder.batches.clear()
+    start = threading.Barrier(len(texts))
+
+    def query(text: str) -> list[float]:
+        start.wait()
+        return embedder.embed_one(text)
+
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        got = dict(zip(texts, pool.map(query, texts), strict=True))
+    for text in texts:
+        assert got[text] == pytest.approx(alone[text], abs=1e-4)
+    assert sum(embedder.batches) == len(texts)
+    assert max(embedder.batches) > 1 and len(embedder.batches) < len(texts)
