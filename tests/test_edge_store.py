@@ -10,15 +10,18 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memory_server.config import load_settings
 from memory_server.errors import ConfigurationError
+from memory_server.identity import collection_name
 from memory_server.runtime import Runtime
 from memory_server.services.memories import Caller
 from memory_server.storage.edge import EdgeCollection, EdgeVectorStore
@@ -261,3 +264,36 @@ def test_concurrent_queries_share_batches_and_get_their_own_vectors(model_dir: P
         assert got[text] == pytest.approx(alone[text], abs=1e-4)
     assert sum(embedder.batches) == len(texts)
     assert max(embedder.batches) > 1 and len(embedder.batches) < len(texts)
+
+
+def test_searches_and_writes_go_on_while_hnsw_builds(tmp_path: Path) -> None:
+    """The engine holds the GIL while it builds, so the build runs in a child process."""
+    dims = 64
+    rng = np.random.default_rng(7)
+    store = EdgeVectorStore(dims, tmp_path / "edge", index_threshold=20_000)
+    collection = store.open_collection("alice")
+    vectors = rng.normal(size=(20_000, dims)).astype(np.float32)
+    for start in range(0, len(vectors), 5_000):  # the last batch crosses the threshold
+        chunk = vectors[start : start + 5_000]
+        collection.insert(vectors=chunk.tolist(), payloads=[{"user_id": "alice"}] * len(chunk))
+    shard = store.shard(collection_name("alice"))
+    assert shard._builder is not None and shard._builder.is_alive()
+    slowest = 0.0
+    written: list[str] = []
+    while shard._builder.is_alive():
+        started = time.perf_counter()
+        assert collection.rank("", vectors[0].tolist(), top_k=5)
+        slowest = max(slowest, time.perf_counter() - started)
+        point = str(uuid.uuid4())
+        collection.insert(
+            vectors=[vectors[len(written)].tolist()], payloads=[{"user_id": "alice"}], ids=[point]
+        )
+        written.append(point)
+        time.sleep(0.01)
+    assert written, "the build finished before anything could run beside it"
+    assert slowest < 1.0, f"a search waited {slowest:.1f} s for the index build"
+    assert "hnsw" in dense_index_kinds(tmp_path / "edge")
+    # what was written during the build is in the built shard
+    assert {h.id for h in collection.retrieve_many(written)} == set(written)
+    assert collection.count() == 20_000 + len(written)
+    store.close()
