@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
-import jwt
 
 from memory_server.config import Settings
 from memory_server.errors import InvalidInput, Unauthorized, Unavailable
 from memory_server.identity import validate_user_id
 from memory_server.services.tokens import Principal, TokenService
+
+if TYPE_CHECKING:  # PyJWT (with cryptography) is imported only when AUTH_MODE=jwt: 0.05 s
+    import jwt
 
 # Keys of the ASGI scope where the HTTP middleware leaves its findings for the adapters.
 PRINCIPAL_KEY = "memory_server.principal"
@@ -71,6 +73,8 @@ class Authenticator:
         self.tokens = tokens
         self._jwks: jwt.PyJWKClient | None = None
         if self.mode == "jwt" and settings.jwt_jwks_url:
+            import jwt
+
             self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True, lifespan=300, timeout=10)
 
     @property
@@ -88,6 +92,8 @@ class Authenticator:
 
     def verify_jwt(self, credential: str) -> Principal:
         """Check a JWT's signature, expiry, audience and issuer, then map its claims to a user."""
+        import jwt
+
         s = self.settings
         try:
             if self._jwks is not None:

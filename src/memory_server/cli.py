@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -64,17 +66,38 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (PORT; default 8765).")] = None,
 ) -> None:
     """Serve REST and MCP over SSE and streamable HTTP."""
-    import uvicorn
-
-    from memory_server.api.app import create_app
+    # Start-up makes a million objects that live as long as the process; looking for
+    # garbage among them while importing costs 0.3-0.7 s. No collection runs until the app
+    # is built, and then they are frozen out of every later one.
+    gc.disable()
+    from memory_server.config import load_providers
     from memory_server.logging_setup import configure_logging
+    from memory_server.storage.embeddings import create_embedder
 
     settings = _settings(host=host, port=port)
     configure_logging(settings.log_level)
     try:
-        application = create_app(settings)
-    except (ConfigurationError, MemoryServerError) as exc:
+        settings.check_auth()  # before the model loads, to fail fast
+        section = load_providers(settings).embedder
+    except ConfigurationError as exc:
         _fail(str(exc))
+    with ThreadPoolExecutor(1, thread_name_prefix="embedder-load") as loader:
+        # The model loads while the server's modules import: most of that is ONNX Runtime
+        # building its session, outside the GIL. (For the local model the thread imports
+        # only ONNX Runtime and tokenizers, which nothing else imports.)
+        model = loader.submit(
+            create_embedder, section.provider, section.config, settings.model_dir, settings.embedding_threads
+        )
+        import uvicorn
+
+        from memory_server.api.app import create_app
+
+        try:
+            application = create_app(settings, embedder=model.result())
+        except (ConfigurationError, MemoryServerError) as exc:
+            _fail(str(exc))
+    gc.freeze()
+    gc.enable()
     uvicorn.run(
         application,
         host=settings.host,

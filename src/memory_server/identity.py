@@ -1,4 +1,4 @@
-"""Validation of user ids and client names, and the Qdrant collection name per user."""
+"""Validation of user ids and client names, and the Qdrant collection of each user."""
 
 import base64
 import re
@@ -56,3 +56,12 @@ def collection_name(user_id: str) -> str:
         return f"{COLLECTION_PREFIX}u_{user_id}"
     encoded = base64.b32encode(user_id.encode()).decode().rstrip("=").lower()
     return f"{COLLECTION_PREFIX}x_{encoded}"
+
+
+def dimension_mismatch(name: str, existing: int, wanted: int) -> str:
+    """Advice for a collection whose vectors do not fit the configured embedder."""
+    return (
+        f"Qdrant collection {name!r} holds {existing}-dimension vectors but the configured embedder "
+        f"makes {wanted}-dimension ones. Switch back to the embedder the data was made with, or "
+        f"export the memories and import them into a fresh data directory (they are re-embedded)."
+    )

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from memory_server.config import ProvidersConfig, Settings, load_providers
 from memory_server.services.access import AccessRecorder
@@ -23,7 +24,9 @@ from memory_server.storage.mem0_pool import MemoryPool
 from memory_server.storage.migration import migrate_local_to_edge
 from memory_server.storage.models import utcnow
 from memory_server.storage.ranking import RankingConfig
-from memory_server.storage.vectors import VectorStore
+
+if TYPE_CHECKING:  # qdrant-client takes a second to import: only a Qdrant server needs it
+    from memory_server.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ def open_vector_store(
     store_config = providers.vector_store.config
     ranking = ranking_config(settings)
     if store_config.get("url") or settings.vector_engine == "qdrant-local":
+        from memory_server.storage.vectors import VectorStore
+
         return VectorStore(
             dims,
             path=settings.data_dir / "qdrant",

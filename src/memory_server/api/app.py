@@ -37,6 +37,7 @@ from memory_server.metrics import ERRORS, StoredMemoriesCollector
 from memory_server.runtime import Runtime
 from memory_server.scheduler import build_scheduler
 from memory_server.slack.sync import SlackSync
+from memory_server.storage.embeddings import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
-    """Build the whole HTTP server from settings (or from a ready runtime, in tests)."""
+def create_app(
+    settings: Settings, runtime: Runtime | None = None, embedder: Embedder | None = None
+) -> FastAPI:
+    """Build the whole HTTP server from settings (or from a ready runtime, in tests).
+
+    ``embedder``, if given, is the loaded embedding model for ``Runtime.build`` to use.
+    """
     settings.check_auth()
-    runtime = runtime or Runtime.build(settings)
+    runtime = runtime or Runtime.build(settings, embedder=embedder)
     authenticator = Authenticator(settings, runtime.tokens)
     mcp = build_mcp(runtime.memories)
     sse_app = mcp.http_app(transport="sse", path="/")

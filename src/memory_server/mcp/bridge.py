@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 from filelock import FileLock
 
 from memory_server.errors import ConfigurationError
@@ -57,6 +56,8 @@ def find_local_server(data_dir: Path) -> str | None:
         url = str(json.loads(server_file(data_dir).read_text())["url"])
     except (OSError, ValueError, KeyError):
         return None
+    import httpx  # here: the server imports this module, and only stdio clients ask
+
     try:
         if httpx.get(f"{url}/health", timeout=3).status_code in (200, 503):
             return url

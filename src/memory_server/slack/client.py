@@ -11,14 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
-)
-from slack_sdk.web.async_client import AsyncWebClient
-
 # Slack asks for at most 200 items per page of history and lists.
 PAGE_SIZE = 200
 
@@ -68,6 +60,8 @@ class Channel:
 
 
 def _failure(exc: Exception, method: str) -> SlackError:
+    from slack_sdk.errors import SlackApiError
+
     if isinstance(exc, SlackApiError):
         code = str(exc.response.get("error") or f"http_{exc.response.status_code}")
         if exc.response.status_code == 429:
@@ -86,6 +80,15 @@ class SlackClient:
     """Reads a workspace: identity, channels, history, thread replies and user names (cached)."""
 
     def __init__(self, token: str, base_url: str, max_retries: int = 5, timeout: int = 30) -> None:
+        # slack-sdk is imported where a sync uses it: with aiohttp it takes 0.15 s of every
+        # start, and most servers never sync Slack.
+        from slack_sdk.http_retry.builtin_async_handlers import (
+            AsyncConnectionErrorRetryHandler,
+            AsyncRateLimitErrorRetryHandler,
+            AsyncServerErrorRetryHandler,
+        )
+        from slack_sdk.web.async_client import AsyncWebClient
+
         self.web = AsyncWebClient(
             token=token,
             base_url=base_url,
@@ -99,6 +102,8 @@ class SlackClient:
         self._names: dict[str, str] = {}
 
     async def _call(self, method: str, **params: Any) -> dict[str, Any]:
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
         try:
             response = await self.web.api_call(method, http_verb="GET", params=params)
         except (SlackApiError, SlackClientError, OSError, TimeoutError) as exc:

@@ -6,10 +6,8 @@ import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from filelock import FileLock
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -19,6 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from memory_server.config import REPO_ROOT
 from memory_server.errors import ConfigurationError, Unavailable
 from memory_server.events import EventBus, notify_in_transaction, take_pending
+from memory_server.storage import schema
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ def make_engine(url: str) -> Engine:
 
 def alembic_config(url: str) -> Config:
     """The Alembic configuration of this repository, pointed at ``url``."""
+    from alembic.config import Config
+
     ini = REPO_ROOT / "alembic.ini"
     if not ini.is_file():
         raise ConfigurationError(
@@ -99,13 +103,19 @@ def migrate(engine: Engine) -> None:
     On PostgreSQL a transaction-scoped advisory lock serialises replicas that start at
     the same moment: the first migrates, the others wait and then find nothing to do.
     On SQLite a lock file beside the database does the same for local processes.
+    A database already at the newest revision (most starts) is left alone without loading
+    Alembic at all.
     """
-    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     database = engine.url.database
     lock: AbstractContextManager[object] = nullcontext()
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         lock = FileLock(f"{Path(database).expanduser()}.migrate.lock", timeout=60)
     try:
+        if schema.is_current(engine):
+            return
+        from alembic import command
+
+        cfg = alembic_config(engine.url.render_as_string(hide_password=False))
         with lock, engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

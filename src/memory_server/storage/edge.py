@@ -32,7 +32,7 @@ from typing import IO, Any
 import qdrant_edge as qe
 
 from memory_server.errors import ConfigurationError, Unavailable
-from memory_server.identity import COLLECTION_PREFIX, collection_name
+from memory_server.identity import COLLECTION_PREFIX, collection_name, dimension_mismatch
 from memory_server.storage.lexical import ENCODER, SPARSE_NAME
 from memory_server.storage.ranking import NEXT, PREV, Candidate, Hit, HybridMixin, RankingConfig
 
@@ -336,8 +336,6 @@ class EdgeVectorStore:
             where = self.path / name
             existing = self.stored_dims(name)
             if existing is not None and existing != self.dims:
-                from memory_server.storage.vectors import dimension_mismatch
-
                 raise ConfigurationError(dimension_mismatch(name, existing, self.dims))
             if existing is not None:
                 shard = qe.EdgeShard.load(str(where), self._config())
@@ -356,8 +354,6 @@ class EdgeVectorStore:
 
     def check_dimensions(self, sample_user: str | None = None) -> None:
         """Fail fast if a collection on disk was made with another embedding dimension."""
-        from memory_server.storage.vectors import dimension_mismatch
-
         for name in self.collection_names():
             size = self.stored_dims(name)
             if size is not None and size != self.dims:

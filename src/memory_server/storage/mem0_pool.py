@@ -1,8 +1,13 @@
-"""mem0 ``Memory`` instances, one per user, sharing one embedder, LLM and Qdrant client.
+"""Per-user memories: each user's vector collection, and mem0's ``Memory`` over it for writes.
 
 ``Memory.__init__`` builds its own embedder, vector store, LLM client and history
 database from a config. We build those once per process and hand them to a
 ``UserMemory`` per user instead, held in a bounded LRU pool.
+
+mem0 takes seconds to import (``storage/mem0_memory.py`` says why) and only adds and edits
+go through it: searches use the collection directly. So mem0 is imported, and its shared
+parts built, on the first write that needs it, not at start-up; with an LLM configured the
+categoriser needs the client at once, and start-up builds them.
 """
 
 from __future__ import annotations
@@ -13,44 +18,26 @@ import threading
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import mem0.utils.spacy_models as spacy_models
-from mem0 import Memory
-from mem0.configs.base import MemoryConfig
-from mem0.embeddings.base import EmbeddingBase
-from mem0.memory.storage import SQLiteManager
-from mem0.utils.factory import LlmFactory
-from mem0.utils.lemmatization import lemmatize_for_bm25
+from typing import TYPE_CHECKING, Any
 
 from memory_server.config import ProvidersConfig
 from memory_server.storage.edge import EdgeCollection, EdgeVectorStore
 from memory_server.storage.embeddings import Embedder
-from memory_server.storage.vectors import UserCollection, VectorStore
 
-VectorCollection = UserCollection | EdgeCollection
+if TYPE_CHECKING:
+    from memory_server.storage.mem0_memory import SharedMemory, SharedParts
+    from memory_server.storage.vectors import UserCollection, VectorStore
+
+    VectorCollection = UserCollection | EdgeCollection
 
 log = logging.getLogger(__name__)
 
-# mem0 would download spaCy's en_core_web_sm on first use if spaCy were installed. Our
-# lexical retrieval does not come from spaCy, so mark its loaders as failed up front.
-spacy_models._load_failed_full = True
-spacy_models._load_failed_lemma = True
 
-# Never called: mem0 insists on an LLM client even when inference is off.
-_NO_LLM = {
-    "provider": "openai",
-    "config": {"api_key": "inference-disabled", "openai_base_url": "http://127.0.0.1:9/v1"},
-}
-
-
-class Mem0Embedder(EmbeddingBase):  # type: ignore[misc]
-    """mem0's embedding interface over our shared embedder."""
+class Mem0Embedder:
+    """mem0's embedding interface (``embed``, ``embed_batch``) over our shared embedder."""
 
     def __init__(self, embedder: Embedder) -> None:
-        super().__init__(None)
         self.embedder = embedder
-        self.config.embedding_dims = embedder.dims
 
     def embed(self, text: str, memory_action: str | None = None) -> list[float]:
         return self.embedder.embed_one(text)
@@ -59,33 +46,34 @@ class Mem0Embedder(EmbeddingBase):  # type: ignore[misc]
         return self.embedder.embed(texts)
 
 
-class UserMemory(Memory):  # type: ignore[misc]
-    """mem0's ``Memory`` bound to one user's collection, built from shared parts."""
+class UserMemory:
+    """One user's memory: their collection (``store``), and mem0's ``Memory`` for writes."""
 
-    def __init__(
-        self,
-        config: MemoryConfig,
-        embedder: Mem0Embedder,
-        store: VectorCollection,
-        llm: Any,
-        history: SQLiteManager,
-    ) -> None:
-        # Same attributes as Memory.__init__, without building a second copy of each part.
-        self.config = config
-        self.embedding_model = embedder
-        self.vector_store = store
-        self.llm = llm
-        self.db = history
-        self.collection_name = store.collection_name
-        self.api_version = config.version
-        self.custom_instructions = config.custom_instructions
-        self.reranker = None
-        self._entity_store = None
+    def __init__(self, pool: MemoryPool, store: VectorCollection) -> None:
+        self._pool = pool
+        self._store = store
+        self._mem0: SharedMemory | None = None
 
     @property
     def store(self) -> VectorCollection:
-        store: VectorCollection = self.vector_store
-        return store
+        return self._store
+
+    @property
+    def mem0(self) -> SharedMemory:
+        """mem0's ``Memory`` over this user's collection (mem0 is imported on first use)."""
+        if self._mem0 is None:
+            from memory_server.storage.mem0_memory import SharedMemory
+
+            self._mem0 = SharedMemory(self._pool.parts, self._pool.embedder, self._store)
+        return self._mem0
+
+    def add(self, messages: Any, **kwargs: Any) -> Any:
+        """mem0's ``Memory.add``."""
+        return self.mem0.add(messages, **kwargs)
+
+    def update(self, memory_id: str, **kwargs: Any) -> Any:
+        """mem0's ``Memory.update``."""
+        return self.mem0.update(memory_id, **kwargs)
 
 
 class MemoryPool:
@@ -103,41 +91,37 @@ class MemoryPool:
         self.llm_enabled = providers.llm_enabled
         self.embedder = Mem0Embedder(embedder)
         self.vectors = vectors
-        llm_section: dict[str, Any] = (
-            {"provider": providers.llm.provider, "config": providers.llm.config}
-            if self.llm_enabled
-            else _NO_LLM
-        )
-        if llm_section["provider"] == "openai" and not llm_section["config"].get("api_key"):
-            # OpenAI-compatible servers such as Ollama or vLLM take any key.
-            llm_section = {**llm_section, "config": {**llm_section["config"], "api_key": "not-needed"}}
-        history_path.parent.mkdir(parents=True, exist_ok=True)
-        self.config = MemoryConfig(
-            llm=llm_section,
-            history_db_path=str(history_path),
-        )
-        self.llm = LlmFactory.create(self.config.llm.provider, self.config.llm.config)
-        self.history = SQLiteManager(str(history_path))
-        with self.history._lock:
-            # mem0 commits a history row on every add, and SQLite's default rollback
-            # journal syncs twice per commit (~2.8 ms of each add here). WAL with NORMAL
-            # sync is as safe against a crash of this process; the history is mem0's
-            # own audit trail, not the memory itself (that is in SQL and Qdrant).
-            self.history.connection.execute("PRAGMA journal_mode=WAL")
-            self.history.connection.execute("PRAGMA synchronous=NORMAL")
+        self.history_path = history_path
+        self._parts: SharedParts | None = None
         self._size = size
         self._items: OrderedDict[str, UserMemory] = OrderedDict()
         self._lock = threading.Lock()
+        self._parts_lock = threading.Lock()
+
+    @property
+    def parts(self) -> SharedParts:
+        """mem0's config, LLM client and history database, built on first use."""
+        with self._parts_lock:
+            if self._parts is None:
+                from memory_server.storage.mem0_memory import SharedParts
+
+                self._parts = SharedParts.build(self.providers, self.history_path)
+            return self._parts
+
+    @property
+    def llm(self) -> Any:
+        """mem0's LLM client (of the configured provider when inference is on)."""
+        return self.parts.llm
 
     def get(self, user_id: str) -> UserMemory:
-        """The mem0 memory of ``user_id`` (its collection is created on first use)."""
+        """The memory of ``user_id`` (its collection is created on first use)."""
         with self._lock:
             memory = self._items.get(user_id)
             if memory is not None:
                 self._items.move_to_end(user_id)
                 return memory
         store = self.vectors.open_collection(user_id)
-        memory = UserMemory(self.config, self.embedder, store, self.llm, self.history)
+        memory = UserMemory(self, store)
         with self._lock:
             memory = self._items.setdefault(user_id, memory)
             self._items.move_to_end(user_id)
@@ -148,10 +132,20 @@ class MemoryPool:
     def close(self) -> None:
         with self._lock:
             self._items.clear()
+        with self._parts_lock:
+            parts, self._parts = self._parts, None
+        if parts is None:
+            return
         try:
-            self.history.close()
+            parts.history.close()
         except Exception:  # closing twice or on a broken file is harmless at shutdown
             log.debug("history db close failed", exc_info=True)
+
+
+def _lemmatize(text: str) -> str:
+    from memory_server.storage.mem0_memory import lemmatize_for_bm25
+
+    return str(lemmatize_for_bm25(text))
 
 
 def mem0_payload(
@@ -168,7 +162,7 @@ def mem0_payload(
         "role": "user",
         "data": text,
         "hash": hashlib.md5(text.encode()).hexdigest(),
-        "text_lemmatized": lemmatize_for_bm25(text),
+        "text_lemmatized": _lemmatize(text),
         "created_at": created_at.isoformat(),
         "updated_at": updated_at.isoformat(),
     }

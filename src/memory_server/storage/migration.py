@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from memory_server.errors import ConfigurationError
-from memory_server.identity import COLLECTION_PREFIX
+from memory_server.identity import COLLECTION_PREFIX, dimension_mismatch
 from memory_server.storage.edge import EdgeCollection, EdgeVectorStore
-from memory_server.storage.vectors import _dense_vector, _vector_size, dimension_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,8 @@ def migrate_local_to_edge(old: Path, edge: EdgeVectorStore) -> int:
     if not _has_collections(old):
         return 0
     from qdrant_client import QdrantClient
+
+    from memory_server.storage.vectors import _vector_size
 
     try:
         client = QdrantClient(path=str(old))
@@ -58,6 +59,8 @@ def migrate_local_to_edge(old: Path, edge: EdgeVectorStore) -> int:
 
 
 def _copy(client: Any, name: str, edge: EdgeVectorStore) -> int:
+    from memory_server.storage.vectors import _dense_vector
+
     records: list[Any] = []
     offset = None
     while True:

@@ -23,7 +23,7 @@ from mem0.vector_stores.qdrant import Qdrant
 from qdrant_client import QdrantClient, models
 
 from memory_server.errors import ConfigurationError, Unavailable
-from memory_server.identity import COLLECTION_PREFIX, collection_name
+from memory_server.identity import COLLECTION_PREFIX, collection_name, dimension_mismatch
 from memory_server.storage.lexical import ENCODER, SPARSE_NAME
 from memory_server.storage.ranking import NEXT, PREV, Candidate, Hit, HybridMixin, RankingConfig
 
@@ -217,14 +217,6 @@ def _vector_size(info: Any) -> int | None:
     if isinstance(vectors, dict):
         vectors = vectors.get("") or next(iter(vectors.values()), None)
     return getattr(vectors, "size", None)
-
-
-def dimension_mismatch(name: str, existing: int, wanted: int) -> str:
-    return (
-        f"Qdrant collection {name!r} holds {existing}-dimension vectors but the configured embedder "
-        f"makes {wanted}-dimension ones. Switch back to the embedder the data was made with, or "
-        f"export the memories and import them into a fresh data directory (they are re-embedded)."
-    )
 
 
 class VectorStore:
