@@ -17,12 +17,13 @@ The score a caller sees stays the cosine similarity to the query, so thresholds
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
+
+import numpy as np
 
 from memory_server.storage.lexical import ENCODER
 
@@ -84,9 +85,10 @@ def fuse(
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)
 
 
-def _unit(vector: Sequence[float]) -> list[float]:
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector]
+def _unit(vector: Sequence[float]) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(array)) or 1.0
+    return array / norm
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -166,8 +168,8 @@ class HybridMixin:
             if missing:
                 for hit in self._fetch(missing):
                     payloads[hit.id] = hit.payload
-                    if hit.vector is not None:
-                        cosine[hit.id] = sum(a * b for a, b in zip(unit, _unit(hit.vector), strict=False))
+                    if hit.vector is not None and len(hit.vector) == len(unit):
+                        cosine[hit.id] = float(unit @ _unit(hit.vector))
             for mid, value in window:
                 if mid in cosine and mid in payloads and cosine[mid] >= min_score:
                     hits.append(Hit(mid, cosine[mid], payloads[mid], rank=value))
