@@ -65,3 +65,30 @@ def test_a_search_after_start_imports_nothing_it_does_not_need(tmp_path: Path, m
     _run(tmp_path, model_dir, "add")  # creates and migrates the database, stores one memory
     loaded = set(_run(tmp_path, model_dir, "search").split())
     assert {m: why for m, why in NOT_ON_THE_SEARCH_PATH.items() if m in loaded} == {}
+
+
+WARM_UP = """
+import sys, time
+from memory_server.api.app import create_app
+from memory_server.config import load_settings
+
+runtime = create_app(load_settings()).state.runtime
+try:
+    assert "mem0" not in sys.modules
+    runtime.pool.warm_up(delay=0.1)  # what serve and stdio do, 3 s after start
+    deadline = time.monotonic() + 60
+    while runtime.pool._parts is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "mem0" in sys.modules and runtime.pool._parts is not None
+finally:
+    runtime.close()
+"""
+
+
+def test_mem0_is_prepared_in_the_background_after_start(tmp_path: Path, model_dir: Path) -> None:
+    """So the first add after a start does not pay for importing mem0."""
+    env = {**os.environ, "MEMORY_DATA_DIR": str(tmp_path / "data"), "EMBEDDING_MODEL_DIR": str(model_dir)}
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_UP], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -155,6 +155,7 @@ def stdio(
                 anyio.run(run_bridge, url, caller.user_id, caller.client_name, token)
             return
         runtime = Runtime.build(settings)
+        runtime.pool.warm_up()
     except (ConfigurationError, MemoryServerError) as exc:
         _fail(str(exc))
 

@@ -113,6 +113,7 @@ def create_app(
             _app.state.scheduler = scheduler
             if runtime.vectors.is_local:  # let stdio clients of this data dir find us
                 announce(settings.data_dir, settings.host, settings.port)
+            runtime.pool.warm_up()
             log.info("memory-server %s ready", __version__)
             try:
                 yield

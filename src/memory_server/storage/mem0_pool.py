@@ -108,6 +108,23 @@ class MemoryPool:
                 self._parts = SharedParts.build(self.providers, self.history_path)
             return self._parts
 
+    def warm_up(self, delay: float = 3.0) -> None:
+        """Build mem0's parts on a background thread ``delay`` seconds from now.
+
+        Start-up leaves mem0 out (seconds of imports); without this, the first add after a
+        start would pay for it (1.2-1.3 s). The delay keeps it away from the first
+        searches, which a client usually sends right after connecting.
+        """
+        timer = threading.Timer(delay, self._warm)
+        timer.daemon = True
+        timer.start()
+
+    def _warm(self) -> None:
+        try:
+            self.parts  # noqa: B018 (builds them)
+        except Exception:  # the first add will try again, and say what is wrong
+            log.warning("preparing mem0 in the background failed", exc_info=True)
+
     @property
     def llm(self) -> Any:
         """mem0's LLM client (of the configured provider when inference is on)."""
