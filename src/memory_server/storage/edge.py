@@ -93,8 +93,10 @@ def _dense_of(vector: Any) -> list[float] | None:
 # Run in a child process: qdrant-edge's optimize() holds the GIL for the whole build
 # (60 s at 100k points on one core), which would freeze every request of this process.
 _BUILD_SCRIPT = """
+import os
 import sys
 import qdrant_edge as qe
+os.nice(5)  # serving keeps the upper hand
 shard = qe.EdgeShard.load(sys.argv[1])
 changed = shard.optimize()
 shard.flush()
@@ -201,7 +203,6 @@ class _Shard:
                 [sys.executable, "-c", _BUILD_SCRIPT, str(work)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                preexec_fn=lambda: os.nice(5),  # serving keeps the upper hand  # noqa: PLW1509
             )
             out, err = self._child.communicate()
             if self._child.returncode != 0 or self.closed:
