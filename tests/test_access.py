@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, event, func, select
 
-from memory_server.config import Settings
+from memory_server.config import Settings, load_settings
 from memory_server.errors import Unavailable
 from memory_server.runtime import Runtime
 from memory_server.services.access import AccessRecorder
@@ -117,11 +117,21 @@ def test_close_writes_what_is_buffered(quiet: Runtime, alice: Caller) -> None:
     assert logged(runtime, memory.id) == ["search"]
 
 
+@pytest.fixture
+def sqlite_runtime(tmp_path: Path, model_dir: Path, embedder: FastEmbedEmbedder) -> Iterator[Runtime]:
+    """SQLite only: its single write lock is what this is about."""
+    rt = Runtime.build(
+        load_settings(data_dir=tmp_path / "lite", embedding_model_dir=model_dir), embedder=embedder
+    )
+    yield rt
+    rt.close()
+
+
 def test_a_search_answers_while_another_writer_holds_the_sqlite_lock(
-    tmp_path: Path, runtime: Runtime, alice: Caller
+    sqlite_runtime: Runtime, alice: Caller
 ) -> None:
-    if not runtime.db.is_sqlite:
-        pytest.skip("SQLite's single write lock only")
+    runtime = sqlite_runtime
+    assert runtime.db.is_sqlite
     memory = runtime.memories.add(alice, "The boat is moored at pier 7").results[0]
     database = runtime.db.engine.url.database
     assert database is not None
