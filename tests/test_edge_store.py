@@ -297,3 +297,22 @@ def test_searches_and_writes_go_on_while_hnsw_builds(tmp_path: Path) -> None:
     assert {h.id for h in collection.retrieve_many(written)} == set(written)
     assert collection.count() == 20_000 + len(written)
     store.close()
+
+
+def test_a_stop_in_the_middle_of_an_index_swap_loses_nothing(
+    tmp_path: Path, embedder: FastEmbedEmbedder
+) -> None:
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    ids = fill(store.open_collection("alice"), embedder, TEXTS)
+    store.close()
+    # As a process killed between the swap's two renames leaves it: the live shard moved
+    # aside, the built copy not yet in place (and a half-made copy of another build).
+    name = collection_name("alice")
+    building = tmp_path / "edge" / ".building"
+    building.mkdir()
+    (tmp_path / "edge" / name).rename(building / f"{name}.old")
+    (building / "mem_u_bob").mkdir()
+    again = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    assert {h.id for h in again.open_collection("alice").retrieve_many(ids)} == set(ids)
+    assert not building.exists()
+    again.close()

@@ -116,6 +116,23 @@ def _index_kinds(path: Path) -> set[str]:
     return kinds
 
 
+def recover_builds(path: Path) -> None:
+    """Clear what a process stopped during an index build left in ``path/.building``.
+
+    A live shard found there (stopped between the two renames of a swap) goes back in
+    place; unfinished copies are dropped (the next open starts the build again).
+    """
+    building = path / ".building"
+    if not building.is_dir():
+        return
+    for moved in building.glob("*.old"):
+        live = path / moved.name.removesuffix(".old")
+        if not live.exists():
+            os.rename(moved, live)
+            log.warning("restored the shard %s that an interrupted index build had moved aside", live.name)
+    shutil.rmtree(building, ignore_errors=True)
+
+
 class _Shard:
     """One open shard, its write lock, and its background index builder.
 
@@ -220,30 +237,39 @@ class _Shard:
             shutil.rmtree(work, ignore_errors=True)
 
     def _swap(self, built: Path) -> None:
+        """Put the built copy in place of the live shard.
+
+        The copy is completed first (the writes made during the build replayed and
+        flushed, in its own directory), so that at every moment one of the two
+        directories holds every write: a process stopped between the two renames leaves
+        the live shard under ``.building/<name>.old``, and ``recover_builds`` puts it back.
+        """
         old_dir = self.path.parent / ".building" / (self.path.name + ".old")
-        with self.lock:
+        with self.lock:  # writers wait from here; readers only for the renames
+            copy = qe.EdgeShard.load(str(built), self.config)
+            for operation in self._replay or []:
+                copy.update(operation)
+            meta = self._meta()
+            meta["indexed_points"] = copy.info().points_count
+            copy.flush()
+            copy.close()
+            (built / META_FILE).write_text(json.dumps(meta))
             with self._gate:
                 self._swapping = True
                 while self._readers:
                     self._gate.wait()
             try:
-                meta = self._meta()
                 self.shard.close()
                 shutil.rmtree(old_dir, ignore_errors=True)
                 os.rename(self.path, old_dir)
                 os.rename(built, self.path)
                 try:
-                    shard = qe.EdgeShard.load(str(self.path), self.config)
-                    for operation in self._replay or []:
-                        shard.update(operation)
+                    self.shard = qe.EdgeShard.load(str(self.path), self.config)
                 except Exception:
                     os.rename(self.path, built)
                     os.rename(old_dir, self.path)
                     self.shard = qe.EdgeShard.load(str(self.path), self.config)
                     raise
-                meta["indexed_points"] = shard.info().points_count
-                (self.path / META_FILE).write_text(json.dumps(meta))
-                self.shard = shard
             finally:
                 with self._gate:
                     self._swapping = False
@@ -296,6 +322,7 @@ class EdgeVectorStore:
                 f"the embedded vector store in {path} is in use by another memory-server process; "
                 "stop it, or point MEMORY_DATA_DIR elsewhere, or use a Qdrant server (QDRANT_URL)"
             ) from None
+        recover_builds(path)
 
     def _config(self) -> qe.EdgeConfig:
         return qe.EdgeConfig(
