@@ -11,13 +11,12 @@ import hashlib
 import json
 import logging
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from cachetools import TTLCache
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -94,29 +93,22 @@ class ActorCache:
 
     def __init__(self, ttl: float = 2.0, size: int = 10_000) -> None:
         self.ttl = ttl
-        self._items: OrderedDict[tuple[str, str], tuple[float, tuple[str, str, bool]]] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
+        self._items: TTLCache[tuple[str, str], tuple[str, str, bool]] = TTLCache(size, ttl)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe
 
     def get(self, key: tuple[str, str]) -> tuple[str, str, bool] | None:
         with self._lock:
-            found = self._items.get(key)
-            if found is None or time.monotonic() - found[0] > self.ttl:
-                return None
-            return found[1]
+            return self._items.get(key)
 
     def put(self, key: tuple[str, str], value: tuple[str, str, bool]) -> tuple[str, str, bool]:
         with self._lock:
-            self._items[key] = (time.monotonic(), value)
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self._items[key] = value
         return value
 
     def forget_user(self, user_id: str) -> None:
         with self._lock:
             for key in [k for k in self._items if k[0] == user_id]:
-                del self._items[key]
+                self._items.pop(key, None)
 
 
 @dataclass(frozen=True)
