@@ -105,6 +105,18 @@ def alembic_config(url: str) -> Config:
 MIGRATION_LOCK_KEY = 0x6D656D6F7279  # "memory"
 
 
+def _is_current(engine: Engine, sqlite_lock: bool) -> bool:
+    try:
+        return schema.is_current(engine)
+    except OperationalError as exc:
+        # Another local process is migrating this SQLite file and holds its write lock
+        # longer than the busy timeout: take our turn on the lock file, then upgrade
+        # (which finds nothing left to do).
+        if sqlite_lock and "locked" in str(exc.orig):
+            return False
+        raise
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade the database to the newest schema (``alembic upgrade head``).
 
@@ -119,7 +131,7 @@ def migrate(engine: Engine) -> None:
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         lock = FileLock(f"{Path(database).expanduser()}.migrate.lock", timeout=60)
     try:
-        if schema.is_current(engine):
+        if _is_current(engine, sqlite_lock=not isinstance(lock, nullcontext)):
             return
         from alembic import command
 
