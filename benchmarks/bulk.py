@@ -28,17 +28,14 @@ def main() -> None:
     parser.add_argument("--config", action="append", help="NAME=VALUE[,NAME=VALUE]; give twice to compare")
     args = parser.parse_args()
     print(machine_line())
-    embedder = real_embedder()
     rates = []
-    print(
-        f"settings: {args.memories} memories, batches of 256, MiniLM int8 ONNX (2 threads), SQLite, one user"
-    )
+    print(f"settings: {args.memories} memories, batches of 256, MiniLM ONNX (2 threads), SQLite, one user")
     print("| configuration | memories | seconds | memories/s |\n|---|---|---|---|")
     for k, config in enumerate(configs(args.config)):
         texts = sentences(args.memories, seed=1000 + k)  # fresh texts: no embedding cache hits
         items = [BulkItem(str(uuid.uuid4()), t) for t in texts]
         with tempfile.TemporaryDirectory() as tmp:
-            runtime = build_runtime(Path(tmp), config, embedder)
+            runtime = build_runtime(Path(tmp), config, real_embedder(config))
             started = time.perf_counter()
             result = runtime.memories.upsert_many(USER, items)
             seconds = time.perf_counter() - started

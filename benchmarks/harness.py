@@ -120,9 +120,19 @@ def queries(n: int, seed: int = 3) -> list[str]:
     return [f"who {rng.choice(VERBS)} {rng.choice(THINGS)} {rng.choice(PLACES)}?" for _ in range(n)]
 
 
-def real_embedder() -> FastEmbedEmbedder:
-    provision_minilm(MODEL_DIR)
-    return FastEmbedEmbedder(MODEL_DIR, "sentence-transformers/all-MiniLM-L6-v2", threads=2)
+_EMBEDDERS: dict[str, FastEmbedEmbedder] = {}
+
+
+def real_embedder(config: Config | None = None) -> FastEmbedEmbedder:
+    """The local model, loaded once per precision (``EMBEDDING_PRECISION`` in ``config``, default int8)."""
+    env = config.env if config is not None else {}
+    precision = env.get("EMBEDDING_PRECISION") or os.environ.get("EMBEDDING_PRECISION") or "int8"
+    if precision not in _EMBEDDERS:
+        provision_minilm(MODEL_DIR)
+        _EMBEDDERS[precision] = FastEmbedEmbedder(
+            MODEL_DIR, "sentence-transformers/all-MiniLM-L6-v2", threads=2, precision=precision
+        )
+    return _EMBEDDERS[precision]
 
 
 class MixedEmbedder:

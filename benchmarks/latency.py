@@ -108,6 +108,8 @@ def main() -> None:
         floor = asyncio.run(mcp_calls(noop.url(), [], queries(args.queries), tool="noop"))["search"]
     for n in args.memories:
         for config in configs(args.config):
+            if "EMBEDDING_PRECISION" in config.env:
+                embedder = MixedEmbedder(real_embedder(config))
             runs.append(run_one(config, n, args.queries, embedder))
             print(f"  filled {n} for {config.label} in {runs[-1]['fill_s']:.0f} s", flush=True)
     ops = ["in-process search", "in-process add", "MCP search", "MCP add"]

@@ -65,14 +65,13 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_line())
     data = load(args.data)
-    embedder = MixedEmbedder(real_embedder())
     print(f"{sum(len(c[0]) for c in data)} turns, {sum(len(c[2]) for c in data)} questions (categories 1-4)")
     print("| configuration | recall@5 | recall@10 | MRR |\n|---|---|---|---|")
     for config in configs(args.config):
         r5 = r10 = mrr = 0.0
         n = 0
         with tempfile.TemporaryDirectory() as tmp:
-            runtime = build_runtime(Path(tmp), config, embedder)
+            runtime = build_runtime(Path(tmp), config, MixedEmbedder(real_embedder(config)))
             for c, (items, dia_of, qa) in enumerate(data):
                 user = Caller(f"locomo-{c}", "locomo")
                 runtime.memories.upsert_many(user, items)

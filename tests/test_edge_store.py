@@ -25,7 +25,7 @@ from memory_server.identity import collection_name
 from memory_server.runtime import Runtime
 from memory_server.services.memories import Caller
 from memory_server.storage.edge import EdgeCollection, EdgeVectorStore
-from memory_server.storage.embeddings import FastEmbedEmbedder
+from memory_server.storage.embeddings import FastEmbedEmbedder, Precision
 from memory_server.storage.mem0_pool import mem0_payload
 from memory_server.storage.vectors import UserCollection, VectorStore
 
@@ -222,11 +222,12 @@ def test_old_local_mode_data_is_migrated(
     Runtime.build(new, embedder=embedder).close()  # a second start finds nothing left to migrate
 
 
-def test_batch_embedding_keeps_order_and_reuses_cached_vectors(model_dir: Path) -> None:
-    embedder = FastEmbedEmbedder(model_dir, "sentence-transformers/all-MiniLM-L6-v2")
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_batch_embedding_keeps_order_and_reuses_cached_vectors(model_dir: Path, precision: Precision) -> None:
+    embedder = FastEmbedEmbedder(model_dir, "sentence-transformers/all-MiniLM-L6-v2", precision=precision)
     texts = ["a much longer sentence about the garden shed and the old red bicycle in it", "tea", "my cat"]
     singles = [embedder.embed([t])[0] for t in texts]  # (batches of one: no padding)
-    batch = embedder.embed(texts)  # sorted by length inside, returned in the given order
+    batch = embedder.embed(texts)  # float32: sorted by length inside; returned in the given order
     for got, want in zip(batch, singles, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
     cached = embedder.embed_one("tea")
@@ -236,11 +237,11 @@ def test_batch_embedding_keeps_order_and_reuses_cached_vectors(model_dir: Path) 
 
 
 class _CountingEmbedder(FastEmbedEmbedder):
-    """The real model, recording the size of each batch it runs."""
+    """The real float32 model (which batches), recording the size of each batch it runs."""
 
     def __init__(self, model_dir: Path) -> None:
         self.batches: list[int] = []
-        super().__init__(model_dir, "sentence-transformers/all-MiniLM-L6-v2")
+        super().__init__(model_dir, "sentence-transformers/all-MiniLM-L6-v2", precision="float32")
 
     def _run(self, texts: Sequence[str]) -> list[list[float]]:
         self.batches.append(len(texts))
@@ -264,6 +265,26 @@ def test_concurrent_queries_share_batches_and_get_their_own_vectors(model_dir: P
         assert got[text] == pytest.approx(alone[text], abs=1e-4)
     assert sum(embedder.batches) == len(texts)
     assert max(embedder.batches) > 1 and len(embedder.batches) < len(texts)
+
+
+def test_int8_vectors_do_not_depend_on_their_company(model_dir: Path) -> None:
+    """The int8 model quantises each run's activations together, so every text runs alone:
+    in a bulk batch, beside concurrent queries or by itself, a text gets the same vector."""
+    embedder = FastEmbedEmbedder(model_dir, "sentence-transformers/all-MiniLM-L6-v2")
+    texts = [f"question number {n} about {word}" for n, word in enumerate(["tea", "cats", "rain"] * 8)]
+    alone = {t: embedder._embed([t])[0] for t in texts}
+    in_bulk = embedder.embed([*texts, "a much longer sentence about the garden shed and the old red bicycle"])
+    assert in_bulk[: len(texts)] == [alone[t] for t in texts]
+    start = threading.Barrier(len(texts))
+
+    def query(text: str) -> list[float]:
+        start.wait()
+        return embedder.embed_one(text)
+
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        got = dict(zip(texts, pool.map(query, texts), strict=True))
+    assert got == alone
+    assert 1 <= embedder._model._made <= 2  # concurrent texts ran side by side, on at most 2 more sessions
 
 
 def test_searches_and_writes_go_on_while_hnsw_builds(tmp_path: Path) -> None:

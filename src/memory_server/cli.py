@@ -86,7 +86,12 @@ def serve(
         # building its session, outside the GIL. (For the local model the thread imports
         # only ONNX Runtime and tokenizers, which nothing else imports.)
         model = loader.submit(
-            create_embedder, section.provider, section.config, settings.model_dir, settings.embedding_threads
+            create_embedder,
+            section.provider,
+            section.config,
+            settings.model_dir,
+            settings.embedding_threads,
+            settings.embedding_precision,
         )
         import uvicorn
 

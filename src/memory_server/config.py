@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     embedding_dims: int | None = Field(None, validation_alias=_env("EMBEDDING_DIMS"), gt=0)
     embedding_model_dir: Path | None = Field(None, validation_alias=_env("EMBEDDING_MODEL_DIR"))
     embedding_threads: int = Field(2, validation_alias=_env("EMBEDDING_THREADS"), ge=1, le=64)
+    embedding_precision: Literal["int8", "float32"] = Field(
+        "int8", validation_alias=_env("EMBEDDING_PRECISION")
+    )
 
     max_memory_bytes: int = Field(32_768, validation_alias=_env("MAX_MEMORY_BYTES"), ge=64)
     duplicate_threshold: float = Field(0.95, validation_alias=_env("DUPLICATE_THRESHOLD"), gt=0, le=1)

@@ -107,6 +107,7 @@ class Runtime:
                     providers.embedder.config,
                     settings.model_dir,
                     settings.embedding_threads,
+                    settings.embedding_precision,
                 )
             vectors = open_vector_store(settings, providers, embedder.dims)
         except BaseException:
