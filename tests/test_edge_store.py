@@ -179,6 +179,45 @@ def test_conversation_neighbours_share_relevance(tmp_path: Path, embedder: FastE
     store.close()
 
 
+def test_cached_links_follow_every_write_and_a_reopen(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    """Ranking reads conversation links from a cache: it must say what the shard says."""
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    collection = store.open_collection("alice")
+    turns = [f"turn {i} of a chat about sailing boats" for i in range(6)]
+    ids = [str(uuid.uuid4()) for _ in turns]
+    payloads = [
+        mem0_payload("alice", "app-1", t, START + timedelta(seconds=i), START) for i, t in enumerate(turns)
+    ]
+    collection.insert(vectors=embedder.embed(turns[:3]), payloads=payloads[:3], ids=ids[:3])
+    collection.insert(
+        vectors=embedder.embed(turns[3:]), payloads=payloads[3:], ids=ids[3:]
+    )  # links to ids[2]
+
+    def check(live: list[str]) -> None:
+        on_disk = {r.id: r.payload for r in collection.retrieve_many(live)}
+        cached = {mid: payload for mid, _, payload in collection._with_links([(mid, 1.0) for mid in live])}
+        for mid in live:
+            for key in ("prev_id", "next_id"):
+                assert cached[mid].get(key) == on_disk[mid].get(key), (mid, key)
+
+    assert len(collection._s.links) == len(ids)  # learned from the inserts, not read back
+    check(ids)
+    assert collection._with_links([(ids[2], 1.0)])[0][2]["next_id"] == ids[3]
+    collection.update(ids[1], payload={**payloads[1], "prev_id": None, "next_id": None})
+    collection.delete(ids[4])
+    check([i for i in ids if i != ids[4]])
+    store.close()
+
+    reopened = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+    collection = reopened.open_collection("alice")
+    deadline = time.monotonic() + 10
+    while len(collection._s.links) < len(ids) - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # learned in the background after the open
+    assert len(collection._s.links) == len(ids) - 1
+    check([i for i in ids if i != ids[4]])
+    reopened.close()
+
+
 def test_same_ranking_as_the_qdrant_client_path(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
     edge = EdgeVectorStore(embedder.dims, tmp_path / "edge").open_collection("alice")
     client_store = VectorStore(embedder.dims, path=tmp_path / "qdrant")
