@@ -84,7 +84,7 @@ def quantize_minilm(model_dir: Path) -> Path:
     The packaged model stores its weights as int8 but computes in float32 (ONNX Runtime
     casts them back at load). ONNX Runtime's dynamic quantisation (weights int8 per output
     channel, activations quantised per batch as it runs) makes every matrix product an
-    integer one: on 2 cores 1.6x the bulk import rate and single queries in about 60% of
+    integer one: on 2 cores a bulk import 1.25-1.6x faster and single queries in ~60% of
     the time, cosine >= 0.98 with the float32 vectors, LoCoMo recall@5 0.614 against 0.617
     (docs/benchmarks.md). Its texts run one at a time (MiniLM.embed_each). Deterministic
     and offline; ``EMBEDDING_PRECISION=float32`` keeps the float model.
