@@ -200,7 +200,7 @@ def test_cached_links_follow_every_write_and_a_reopen(tmp_path: Path, embedder: 
             for key in ("prev_id", "next_id"):
                 assert cached[mid].get(key) == on_disk[mid].get(key), (mid, key)
 
-    assert len(collection._s.links) == len(ids)  # learned from the inserts, not read back
+    assert len(collection._s.links) == len(ids)  # known from the inserts, not read back
     check(ids)
     assert collection._with_links([(ids[2], 1.0)])[0][2]["next_id"] == ids[3]
     collection.update(ids[1], payload={**payloads[1], "prev_id": None, "next_id": None})
@@ -287,11 +287,11 @@ class _CountingEmbedder(FastEmbedEmbedder):
         return super()._run(texts)
 
 
-def test_concurrent_queries_share_batches_and_get_their_own_vectors(model_dir: Path) -> None:
-    embedder = _CountingEmbedder(model_dir)
-    texts = [f"question number {n} about {word}" for n, word in enumerate(["tea", "cats", "rain"] * 8)]
-    alone = {t: embedder._embed([t])[0] for t in texts}
-    embedder.batches.clear()
+QUESTIONS = [f"question number {n} about {word}" for n, word in enumerate(["tea", "cats", "rain"] * 8)]
+
+
+def _all_at_once(embedder: FastEmbedEmbedder, texts: list[str]) -> dict[str, list[float]]:
+    """Each text embedded as a query by its own thread, all released together."""
     start = threading.Barrier(len(texts))
 
     def query(text: str) -> list[float]:
@@ -299,7 +299,15 @@ def test_concurrent_queries_share_batches_and_get_their_own_vectors(model_dir: P
         return embedder.embed_one(text)
 
     with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
-        got = dict(zip(texts, pool.map(query, texts), strict=True))
+        return dict(zip(texts, pool.map(query, texts), strict=True))
+
+
+def test_concurrent_queries_share_batches_and_get_their_own_vectors(model_dir: Path) -> None:
+    embedder = _CountingEmbedder(model_dir)
+    texts = QUESTIONS
+    alone = {t: embedder._embed([t])[0] for t in texts}
+    embedder.batches.clear()
+    got = _all_at_once(embedder, texts)
     for text in texts:
         assert got[text] == pytest.approx(alone[text], abs=1e-4)
     assert sum(embedder.batches) == len(texts)
@@ -310,19 +318,11 @@ def test_int8_vectors_do_not_depend_on_their_company(model_dir: Path) -> None:
     """The int8 model quantises each run's activations together, so every text runs alone:
     in a bulk batch, beside concurrent queries or by itself, a text gets the same vector."""
     embedder = FastEmbedEmbedder(model_dir, "sentence-transformers/all-MiniLM-L6-v2")
-    texts = [f"question number {n} about {word}" for n, word in enumerate(["tea", "cats", "rain"] * 8)]
+    texts = QUESTIONS
     alone = {t: embedder._embed([t])[0] for t in texts}
     in_bulk = embedder.embed([*texts, "a much longer sentence about the garden shed and the old red bicycle"])
     assert in_bulk[: len(texts)] == [alone[t] for t in texts]
-    start = threading.Barrier(len(texts))
-
-    def query(text: str) -> list[float]:
-        start.wait()
-        return embedder.embed_one(text)
-
-    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
-        got = dict(zip(texts, pool.map(query, texts), strict=True))
-    assert got == alone
+    assert _all_at_once(embedder, texts) == alone
     assert 1 <= embedder._model._made <= 2  # concurrent texts ran side by side, on at most 2 more sessions
 
 

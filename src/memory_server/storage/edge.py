@@ -34,6 +34,7 @@ import qdrant_edge as qe
 from memory_server.errors import ConfigurationError, Unavailable
 from memory_server.identity import COLLECTION_PREFIX, collection_name, dimension_mismatch
 from memory_server.storage.lexical import ENCODER, SPARSE_NAME
+from memory_server.storage.links import LinkCache, link_of
 from memory_server.storage.ranking import NEXT, PREV, Candidate, Hit, HybridMixin, RankingConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ AnyList = list[Any]
 # Ranking reads only the conversation links of its ~200 candidates: whole payloads (the
 # text above all) cost 2.8 ms of a 3.6 ms dense query at 100k memories.
 _LINKS = qe.PayloadSelector.Include([PREV, NEXT])
-LINK_CACHE_SIZE = 100_000  # conversation links remembered per open collection (~30 MB when full)
 
 
 def _kilobytes(points: int, dims: int) -> int:
@@ -150,14 +150,7 @@ class _Shard:
         self.threshold = threshold
         self.lock = threading.RLock()  # writers
         self.tail: Any = None
-        # Each point's conversation links (prev_id, next_id), for ranking: reading them
-        # with the candidates cost 3.6 of a 10k search's 8 ms (payload reads, 18 us a
-        # point); remembered here they cost a dict lookup. Writers forget what they touch.
-        # A plain dict (lookups at C speed, no lock: writers take links_lock and bump
-        # links_epoch); it stops growing at LINK_CACHE_SIZE and misses are read from the shard.
-        self.links: dict[str, tuple[Any, Any]] = {}
-        self.links_lock = threading.Lock()
-        self.links_epoch = 0  # bumped by every forget: a read that began before it is not kept
+        self.links = LinkCache()  # for ranking (storage/links.py); writers below keep it true
         self._builder: threading.Thread | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._replay: list[Any] | None = None  # writes since the build copy was taken
@@ -195,50 +188,19 @@ class _Shard:
                     self._gate.notify_all()
 
     def learn_links(self, page: int = 512) -> None:
-        """Read every point's links into the cache, a page at a time (a shard just opened).
+        """Read every point's links into the cache (a shard just opened), 512 at a time:
+        ~9 ms a page, 1.8 s of one core for 100k points, once per process."""
 
-        The engine holds the GIL while it reads, so small pages let requests run between
-        them: ~9 ms each, 1.8 s of one core for 100k points, once per process.
-        """
-        offset: Any = None
-        learned = 0
-        try:
-            while learned < LINK_CACHE_SIZE and not self.closed:
-                with self.links_lock:
-                    epoch = self.links_epoch
-                with self.reading() as shard:
-                    records, offset = shard.scroll(
-                        qe.ScrollRequest(limit=page, offset=offset, with_payload=_LINKS, with_vector=False)
-                    )
-                self.remember_links(
-                    {str(r.id): ((r.payload or {}).get(PREV), (r.payload or {}).get(NEXT)) for r in records},
-                    epoch,
+        def read_page(offset: Any) -> tuple[Any, Any]:
+            with self.reading() as shard:
+                return shard.scroll(
+                    qe.ScrollRequest(limit=page, offset=offset, with_payload=_LINKS, with_vector=False)
                 )
-                learned += len(records)
-                if offset is None:
-                    return
-        except Exception:  # closed or swapped under us: the cache fills on demand instead
+
+        try:
+            self.links.learn(read_page, lambda: self.closed)
+        except Exception:  # closed under us: the cache fills on demand instead
             log.debug("learning links stopped", exc_info=True)
-
-    def remember_links(self, links: dict[str, tuple[Any, Any]], epoch: int | None = None) -> None:
-        """Cache ``links``; with ``epoch``, only if nothing was forgotten since it was read."""
-        with self.links_lock:
-            if epoch is not None and epoch != self.links_epoch:
-                return
-            room = LINK_CACHE_SIZE - len(self.links)
-            if room >= len(links):
-                self.links.update(links)
-            else:
-                for point_id, link in links.items():
-                    if point_id in self.links or room > 0:
-                        room -= point_id not in self.links
-                        self.links[point_id] = link
-
-    def forget_links(self, ids: Sequence[str]) -> None:
-        with self.links_lock:
-            self.links_epoch += 1
-            for point_id in ids:
-                self.links.pop(point_id, None)
 
     def update(self, operation: Any) -> None:
         """Apply a write (and log it for the index build running, if any)."""
@@ -519,7 +481,7 @@ class EdgeCollection(HybridMixin):
         shard = self._s
         with shard.lock:
             shard.update(qe.UpdateOperation.upsert_points(points))
-            shard.forget_links([str(p.id) for p in points])
+            shard.links.forget(str(p.id) for p in points)
         shard.maybe_index(len(points))
 
     @staticmethod
@@ -554,15 +516,14 @@ class EdgeCollection(HybridMixin):
     def _with_links(self, scored: list[tuple[str, float]]) -> list[Candidate]:
         """The candidates with their links as payload, from the shard's cache (misses read once)."""
         shard = self._s
-        epoch = shard.links_epoch
-        links = shard.links
-        found = [(mid, score, links.get(mid)) for mid, score in scored]
+        epoch = shard.links.epoch
+        found = [(mid, score, shard.links.get(mid)) for mid, score in scored]
         missing: list[Any] = [mid for mid, _, link in found if link is None]
         if missing:
             with shard.reading() as edge:
                 records = edge.retrieve(missing, with_payload=_LINKS, with_vector=False)
-            read = {str(r.id): ((r.payload or {}).get(PREV), (r.payload or {}).get(NEXT)) for r in records}
-            shard.remember_links(read, epoch)
+            read = {str(r.id): link_of(r.payload) for r in records}
+            shard.links.keep(read, epoch)
             found = [(mid, score, link or read.get(mid)) for mid, score, link in found]
         return [(mid, score, {PREV: link[0], NEXT: link[1]} if link else {}) for mid, score, link in found]
 
@@ -572,11 +533,7 @@ class EdgeCollection(HybridMixin):
     def _set_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         shard = self._s
         shard.update(qe.UpdateOperation.set_payload([point_id], payload))
-        with shard.links_lock:  # set_payload merges: so does the cached entry
-            shard.links_epoch += 1
-            cached = shard.links.get(point_id)
-            if cached is not None:
-                shard.links[point_id] = (payload.get(PREV, cached[0]), payload.get(NEXT, cached[1]))
+        shard.links.merged(point_id, payload)
 
     # ------------------------------------------------------------ mem0's VectorStoreBase
 
@@ -592,8 +549,7 @@ class EdgeCollection(HybridMixin):
         with shard.lock:
             self._link(ids, payloads)
             shard.update(qe.UpdateOperation.upsert_points(self._points(vectors, payloads, ids)))
-            shard.forget_links(ids)
-            shard.remember_links({i: (p.get(PREV), p.get(NEXT)) for i, p in zip(ids, payloads, strict=True)})
+            shard.links.wrote({i: link_of(p) for i, p in zip(ids, payloads, strict=True)})
         shard.maybe_index(len(ids))
 
     def search(
@@ -628,7 +584,7 @@ class EdgeCollection(HybridMixin):
         with shard.lock:
             if payload is not None:
                 shard.update(qe.UpdateOperation.overwrite_payload([point_id], payload))
-                shard.forget_links([point_id])
+                shard.links.forget([point_id])
             if vector is not None:
                 shard.update(
                     qe.UpdateOperation.update_vectors([qe.PointVectors(point_id, {"": list(vector)})])
@@ -667,7 +623,7 @@ class EdgeCollection(HybridMixin):
             shard = self._s
             with shard.lock:
                 shard.update(qe.UpdateOperation.delete_points([str(i) for i in ids]))
-                shard.forget_links([str(i) for i in ids])
+                shard.links.forget(str(i) for i in ids)
 
     def retrieve_many(self, ids: Ids, with_vectors: bool = False) -> AnyList:
         """Fetch several points in one call (vectors as a plain list)."""
