@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from fastembed import TextEmbedding
 
+from memory_server.errors import ConfigurationError
 from memory_server.storage.embeddings import MINILM_INT8_FILE, FastEmbedEmbedder, provision_minilm
 from memory_server.storage.minilm import MODEL_NAME, MiniLM
 
@@ -93,6 +95,8 @@ def test_provisioning_derives_the_int8_model_for_an_older_install(model_dir: Pat
     older = tmp_path / "older"
     shutil.copytree(model_dir, older)
     (older / MINILM_INT8_FILE).unlink()
+    with pytest.raises(ConfigurationError, match="memory-server setup"):
+        FastEmbedEmbedder(older, MODEL_NAME)
     provision_minilm(older)
     assert (older / MINILM_INT8_FILE).read_bytes() == (model_dir / MINILM_INT8_FILE).read_bytes()
     assert [p.name for p in older.iterdir() if p.name.startswith(".")] == []  # no work files left

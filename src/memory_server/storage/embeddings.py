@@ -204,7 +204,10 @@ class FastEmbedEmbedder(_CachedQueries):
         self.name = model_name
         if model_name == MODEL_NAME:
             if precision == "int8" and not (model_dir / MINILM_INT8_FILE).is_file():
-                quantize_minilm(model_dir)
+                raise ConfigurationError(
+                    f"no int8 embedding model at {model_dir}: run `memory-server setup` "
+                    "(or set EMBEDDING_PRECISION=float32)"
+                )
             onnx_file = MINILM_INT8_FILE if precision == "int8" else "model.onnx"
             self._model: Any = MiniLM(model_dir, threads, onnx_file)
             # int8: each text runs alone, side by side (MiniLM.embed_each), never batched.
