@@ -7,12 +7,21 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text, update
 
 from memory_server.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from memory_server.runtime import Runtime
+from memory_server.services.bulk import BulkItem
 from memory_server.services.memories import Caller, MemoryService
-from memory_server.storage.models import App, Memory, MemoryAccessLog, MemoryStatusHistory, User
+from memory_server.storage.models import (
+    App,
+    Category,
+    Memory,
+    MemoryAccessLog,
+    MemoryCategory,
+    MemoryStatusHistory,
+    User,
+)
 
 
 def vector_ids(runtime: Runtime, caller: Caller, ids: list[str]) -> set[str]:
@@ -31,6 +40,52 @@ def test_add_then_search_finds_it_first(service: MemoryService, runtime: Runtime
     assert [m.id for m in found][0] == memory.id
     assert found[0].score is not None and found[0].score > found[-1].score  # type: ignore[operator]
     assert vector_ids(runtime, alice, [memory.id]) == {memory.id}
+
+
+def test_search_reads_the_same_rows_as_the_full_lookup(
+    service: MemoryService, runtime: Runtime, alice: Caller, bob: Caller
+) -> None:
+    """Search's plain-row lookup (ids padded to a few fixed sizes, chunks of 512) against the
+    ORM lookup that get/update use: same memories, same owner and state checks, same results."""
+    items = [
+        BulkItem(
+            memory_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"rows:{n}")),
+            text=f"Row check {n}: the {n * 7}th note about gardening",
+            metadata={"n": n},
+        )
+        for n in range(600)
+    ]
+    service.upsert_many(alice, items)
+    bobs = service.add(bob, "Bob keeps his own notes", infer=False).results[0].id
+    ids = [i.memory_id for i in items]
+    with runtime.db.session() as session:
+        session.execute(update(Memory).where(Memory.id.in_(ids[:3])).values(state="archived"))
+        session.execute(update(Memory).where(Memory.id == ids[3]).values(state="deleted"))
+        session.add_all([Category(id="c-b", name="row check b"), Category(id="c-a", name="row check a")])
+        session.flush()
+        session.execute(
+            insert(MemoryCategory),
+            [{"memory_id": mid, "category_id": c} for mid in ids[:20] + ids[550:] for c in ("c-b", "c-a")],
+        )
+    actor = service._actor(alice)
+    for wanted in ([ids[5]], ids[:9], [*ids[:40], bobs, str(uuid.uuid4())], [*ids, bobs]):
+        for active_only in (True, False):
+            with runtime.db.session(readonly=True) as session:
+                fast = service._read_rows(session, actor, wanted, active_only)
+                full = service._rows_with_app(session, actor, wanted, active_only)
+                assert fast.keys() == full.keys()
+                order = sorted(fast)
+                assert service._outs(session, [fast[m] for m in order]) == service._outs(
+                    session, [full[m] for m in order]
+                )
+    assert bobs not in fast and ids[3] not in fast and ids[0] in fast and len(fast) == 599
+    with runtime.db.session(readonly=True) as session:
+        [out] = service._outs(session, [fast[ids[590]]])
+    assert (
+        out.categories == ["row check a", "row check b"]
+        and out.metadata == {"n": 590}
+        and out.state == "active"
+    )
 
 
 def test_list_newest_first_with_total_and_paging(service: MemoryService, alice: Caller) -> None:

@@ -252,7 +252,7 @@ class MemoryService(ServiceBase):
             # The store's order is the ranking (hybrid); the score shown is the cosine similarity.
             scores = {h.id: h.score for h in hits}
             with self.db.session(readonly=True) as session:
-                rows = self._rows_with_app(session, actor, scores, active_only=True)
+                rows = self._read_rows(session, actor, scores, active_only=True)
                 ranked = [h.id for h in hits if h.id in rows][:limit]
                 if len(ranked) >= limit or len(hits) < fetch or fetch >= MAX_SEARCH_FETCH:
                     results = self._outs(session, [rows[mid] for mid in ranked], scores)
@@ -283,7 +283,7 @@ class MemoryService(ServiceBase):
             raise Unavailable("the vector store is unavailable; try again shortly") from exc
         scores = {str(h.id): float(h.score) for h in hits if str(h.id) != mid}
         with self.db.session(readonly=True) as session:
-            rows = self._rows_with_app(session, actor, scores, active_only=True)
+            rows = self._read_rows(session, actor, scores, active_only=True)
             ranked = sorted(rows, key=lambda m: scores[m], reverse=True)[:limit]
             results = self._outs(session, [rows[m] for m in ranked], scores)
         return SearchResult(results=results)
