@@ -397,11 +397,8 @@ class ServiceBase:
         query = select(Memory, App.name).join(App, App.id == Memory.app_id).where(Memory.id.in_(list(ids)))
         found: dict[str, tuple[Memory, str]] = {}
         for row, name in session.execute(query).all():
-            if row.user_id != actor.user_pk or row.state == MemoryState.deleted.value:
-                continue
-            if active_only and row.state != MemoryState.active.value:
-                continue
-            found[row.id] = (row, name)
+            if _visible(row, actor, active_only):
+                found[row.id] = (row, name)
         return found
 
     def _read_rows(
@@ -416,11 +413,8 @@ class ServiceBase:
         found: dict[str, tuple[Row[Any], str]] = {}
         for chunk in chunks(list(ids), _ID_BUCKETS[-1]):
             for row in session.execute(*_by_ids("memories", chunk)):
-                if row.user_id != actor.user_pk or row.state == MemoryState.deleted.value:
-                    continue
-                if active_only and row.state != MemoryState.active.value:
-                    continue
-                found[row.id] = (row, row.app_name)
+                if _visible(row, actor, active_only):
+                    found[row.id] = (row, row.app_name)
         return found
 
     def _record_access(
@@ -533,10 +527,18 @@ def _id_statement(kind: str, size: int) -> Executable:
     )
 
 
+def _visible(row: Memory | Row[Any], actor: Actor, active_only: bool) -> bool:
+    """The caller's own, not deleted (and with ``active_only``, active) memory."""
+    if row.user_id != actor.user_pk or row.state == MemoryState.deleted.value:
+        return False
+    return not active_only or row.state == MemoryState.active.value
+
+
 def _by_ids(kind: str, ids: Sequence[str]) -> tuple[Executable, dict[str, str]]:
-    """The ``kind`` statement ("memories" or "categories") and its parameters for ``ids``."""
+    """The ``kind`` statement ("memories" or "categories") and its parameters for ``ids``
+    (1 to 512 of them, as ``chunks`` gives them)."""
     size = next(b for b in _ID_BUCKETS if b >= len(ids))
-    padded = list(ids) + [ids[0]] * (size - len(ids)) if ids else [""] * size
+    padded = [*ids, *[ids[0]] * (size - len(ids))]
     return _id_statement(kind, size), {f"id{i}": mid for i, mid in enumerate(padded)}
 
 
