@@ -125,6 +125,57 @@ def test_hnsw_build_keeps_results(tmp_path: Path, embedder: FastEmbedEmbedder) -
     store.close()
 
 
+def test_index_builds_grow_with_the_collection(tmp_path: Path) -> None:
+    """The first build comes early; each later one waits for as many new points as are
+    indexed, up to the threshold; the engine indexes every point a build covers."""
+    dims = 32
+    rng = np.random.default_rng(11)
+    store = EdgeVectorStore(dims, tmp_path / "edge", index_threshold=3000, first_index=500)
+    collection = store.open_collection("alice")
+    shard = store.shard(collection_name("alice"))
+
+    def add(n: int) -> None:
+        vectors = rng.normal(size=(n, dims)).astype(np.float32).tolist()
+        collection.insert(vectors=vectors, payloads=[{"user_id": "alice"}] * n)
+        store.wait_indexed()
+
+    steps = [(499, 0), (1, 500), (499, 500), (1, 1000), (999, 1000), (1, 2000), (2999, 4999)]
+    steps += [(2999, 4999), (1, 7999)]  # past the threshold, a build every 3000 points
+    for added, indexed in steps:
+        add(added)
+        assert shard.indexed == indexed, (added, indexed)
+        assert collection.col_info()["indexed_vectors_count"] == indexed
+    assert shard.build_at == 3000
+    store.close()
+    reopened = EdgeVectorStore(dims, tmp_path / "edge", index_threshold=3000, first_index=500)
+    again = reopened.shard(collection_name("alice"))
+    assert (again.indexed, again.unindexed, again.build_at) == (7999, 0, 3000)
+    reopened.close()
+
+
+def test_writes_made_during_a_build_get_the_next_one(tmp_path: Path) -> None:
+    dims = 32
+    rng = np.random.default_rng(12)
+    store = EdgeVectorStore(dims, tmp_path / "edge", index_threshold=1000)
+    collection = store.open_collection("alice")
+    shard = store.shard(collection_name("alice"))
+
+    def add(n: int) -> None:
+        vectors = rng.normal(size=(n, dims)).astype(np.float32).tolist()
+        collection.insert(vectors=vectors, payloads=[{"user_id": "alice"}] * n)
+
+    add(1000)
+    deadline = time.monotonic() + 30
+    while shard._child is None:  # the copy is taken: what follows is written during the build
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    add(1500)
+    store.wait_indexed()
+    assert (shard.indexed, shard.unindexed) == (2500, 0)
+    assert collection.col_info()["indexed_vectors_count"] == 2500
+    store.close()
+
+
 def dense_index_kinds(path: Path) -> set[str]:
     """Dense-index kinds of the segments on disk: "plain" (exact search) or "hnsw"."""
     return {
@@ -273,6 +324,9 @@ def test_batch_embedding_keeps_order_and_reuses_cached_vectors(model_dir: Path, 
     assert embedder.embed(["tea", "my cat"])[0] is cached  # taken from the query cache
     embedder.embed(["never asked as a query"])
     assert embedder._cache.get("never asked as a query") is None  # batches do not fill it
+    embedder.forget()
+    assert embedder._cache.get("tea") is None
+    assert embedder.embed_one("tea") == pytest.approx(cached, abs=1e-6)
 
 
 class _CountingEmbedder(FastEmbedEmbedder):
@@ -330,7 +384,7 @@ def test_searches_and_writes_go_on_while_hnsw_builds(tmp_path: Path) -> None:
     """The engine holds the GIL while it builds, so the build runs in a child process."""
     dims = 64
     rng = np.random.default_rng(7)
-    store = EdgeVectorStore(dims, tmp_path / "edge", index_threshold=20_000)
+    store = EdgeVectorStore(dims, tmp_path / "edge", index_threshold=20_000, first_index=20_000)
     collection = store.open_collection("alice")
     vectors = rng.normal(size=(20_000, dims)).astype(np.float32)
     for start in range(0, len(vectors), 5_000):  # the last batch crosses the threshold
