@@ -136,6 +136,10 @@ class _LRU:
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
 
 class _CachedQueries:
     """``embed_one`` through a small LRU cache (repeated queries are common).
@@ -156,6 +160,10 @@ class _CachedQueries:
         if missing:
             found.update(zip(missing, self._embed([texts[i] for i in missing]), strict=True))
         return [found[i] for i in range(len(texts))]
+
+    def forget(self) -> None:
+        """Drop every cached vector (benchmarks start each run cold)."""
+        self._cache.clear()
 
     def embed_one(self, text: str) -> list[float]:
         cached = self._cache.get(text)
