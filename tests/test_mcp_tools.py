@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -62,6 +63,11 @@ async def test_list_tools_schemas(client: Client[Any]) -> None:
     for tool in tools.values():
         assert tool.description and len(tool.description) > 30
         assert tool.output_schema is not None
+        # nullable fields as type lists: one check per field for clients that validate results
+        assert "anyOf" not in json.dumps(tool.output_schema), tool.name
+    memory = tools["search_memory"].output_schema["properties"]["results"]["items"]["properties"]  # type: ignore[index]
+    assert memory["archived_at"]["type"] == ["string", "null"]
+    assert memory["event"]["enum"] == ["ADD", "NONE", None]
     assert (
         tools["search_memory"].annotations is not None and tools["search_memory"].annotations.read_only_hint
     )
