@@ -41,6 +41,9 @@ try:
         print(" ".join(sorted(m for m in sys.modules if "." not in m)))
         runtime.memories.add(caller, "and my drafts in a text file")  # mem0 loads on demand
         assert "mem0" in sys.modules
+        # mem0's default Qdrant config is not imported with it (nor its stand-in kept)
+        assert "qdrant_client" not in sys.modules
+        assert "mem0.configs.vector_stores.qdrant" not in sys.modules
 finally:
     runtime.close()
 """

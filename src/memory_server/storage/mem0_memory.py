@@ -1,25 +1,52 @@
 """mem0's ``Memory`` built from the parts one process shares: embedder, LLM client, history.
 
 ``Memory.__init__`` builds its own embedder, vector store, LLM client and history database
-from a config; ``SharedMemory`` takes ours instead. This module imports mem0, which takes
-seconds (its default config imports qdrant-client, its LLM factory the OpenAI SDK), so
-only writes that go through mem0 import it: see ``mem0_pool.UserMemory``.
+from a config; ``SharedMemory`` takes ours instead. This module imports mem0 (0.5 s here,
+without the Qdrant client its default config would import, see below; the OpenAI SDK is
+imported only if an LLM is configured), so only writes that go through mem0 import it:
+see ``mem0_pool.UserMemory``.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mem0.utils.spacy_models as spacy_models
-from mem0 import Memory
-from mem0.configs.base import MemoryConfig
-from mem0.memory.storage import SQLiteManager
-from mem0.utils.factory import LlmFactory
-from mem0.utils.lemmatization import lemmatize_for_bm25
+from pydantic import BaseModel, ConfigDict
 
 from memory_server.config import ProvidersConfig
+
+# Importing mem0 builds a default ``MemoryConfig()`` (the default argument of
+# ``Memory.__init__``), whose default vector store config, Qdrant's, imports qdrant-client:
+# 1.3 s of CPU and ~20 MB for a client nothing here uses (mem0 works on our stores, and
+# our configs name no Qdrant provider, see ``_UNUSED_STORE``). While mem0 imports, a
+# stand-in answers for that one config module; it is gone afterwards.
+_QDRANT_CONFIG = "mem0.configs.vector_stores.qdrant"
+
+
+class _DefaultArgumentOnly(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+if "mem0.memory.main" not in sys.modules and _QDRANT_CONFIG not in sys.modules:
+    _stand_in = types.ModuleType(_QDRANT_CONFIG)
+    _stand_in.QdrantConfig = _DefaultArgumentOnly  # type: ignore[attr-defined]
+    sys.modules[_QDRANT_CONFIG] = _stand_in
+    try:
+        import mem0.memory.main  # noqa: F401
+    finally:
+        if sys.modules.get(_QDRANT_CONFIG) is _stand_in:
+            del sys.modules[_QDRANT_CONFIG]
+
+import mem0.utils.spacy_models as spacy_models  # noqa: E402
+from mem0 import Memory  # noqa: E402
+from mem0.configs.base import MemoryConfig  # noqa: E402
+from mem0.memory.storage import SQLiteManager  # noqa: E402
+from mem0.utils.factory import LlmFactory  # noqa: E402
+from mem0.utils.lemmatization import lemmatize_for_bm25  # noqa: E402
 
 # mem0 would download spaCy's en_core_web_sm on first use if spaCy were installed. Our
 # lexical retrieval does not come from spaCy, so mark its loaders as failed up front.
@@ -27,6 +54,11 @@ spacy_models._load_failed_full = True
 spacy_models._load_failed_lemma = True
 
 __all__ = ["SharedMemory", "SharedParts", "lemmatize_for_bm25"]
+
+# mem0's config must name a vector store; ``SharedMemory`` hands it ours instead, so
+# this one is never built (FAISS's config class imports nothing; FAISS is not installed,
+# so a mem0 code path that did build it would fail loudly, not open a store of its own).
+_UNUSED_STORE = {"provider": "faiss", "config": {"path": "/nonexistent/memory-server-unused"}}
 
 # Never called: mem0 insists on an LLM client even when inference is off.
 _NO_LLM = {
@@ -76,7 +108,7 @@ class SharedParts:
             # OpenAI-compatible servers such as Ollama or vLLM take any key.
             llm_section = {**llm_section, "config": {**llm_section["config"], "api_key": "not-needed"}}
         history_path.parent.mkdir(parents=True, exist_ok=True)
-        config = MemoryConfig(llm=llm_section, history_db_path=str(history_path))
+        config = MemoryConfig(llm=llm_section, history_db_path=str(history_path), vector_store=_UNUSED_STORE)
         llm = build_llm(config) if providers.llm_enabled else _UnusedLLM(config)
         history = SQLiteManager(str(history_path))
         with history._lock:

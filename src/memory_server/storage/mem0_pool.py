@@ -111,8 +111,8 @@ class MemoryPool:
     def warm_up(self, delay: float = 3.0) -> None:
         """Build mem0's parts on a background thread ``delay`` seconds from now.
 
-        Start-up leaves mem0 out (seconds of imports); without this, the first add after a
-        start would pay for it (1.2-1.3 s). The delay keeps it away from the first
+        Start-up leaves mem0 out (0.5 s of imports); without this, the first add after a
+        start would pay for it (0.5 s). The delay keeps it away from the first
         searches, which a client usually sends right after connecting.
         """
         timer = threading.Timer(delay, self._warm)
