@@ -176,6 +176,38 @@ def test_writes_made_during_a_build_get_the_next_one(tmp_path: Path) -> None:
     store.close()
 
 
+def test_idle_collections_beyond_the_cap_are_closed_and_reopen_on_use(
+    tmp_path: Path, embedder: FastEmbedEmbedder
+) -> None:
+    store = EdgeVectorStore(embedder.dims, tmp_path / "edge", max_open=2, idle_seconds=0)
+    ids: dict[str, str] = {}
+    for user in ("ann", "bob", "cat"):
+        text = f"{user} keeps the spare key under the blue pot"
+        ids[user] = str(uuid.uuid5(uuid.NAMESPACE_URL, text))
+        store.open_collection(user).insert(
+            vectors=[embedder.embed_one(text)],
+            payloads=[mem0_payload(user, "app-1", text, START, START)],
+            ids=[ids[user]],
+        )
+    users = {collection_name(u): u for u in ("ann", "bob", "cat", "dan")}
+    open_now = lambda: {users[n] for n in store._shards}  # noqa: E731
+    assert open_now() == {"bob", "cat"}  # the least recently used went
+    assert top(store.open_collection("ann"), embedder, "where is the spare key?", 1) == [ids["ann"]]
+    assert open_now() == {"cat", "ann"}
+    bob = store.shard(collection_name("bob"))  # reopened; cat closed
+    store.shard(collection_name("ann"))  # bob is now the least recently used
+    with bob.reading():  # but busy: ann goes instead
+        store.open_collection("dan")
+        assert open_now() == {"bob", "dan"} and not bob.closed
+    assert top(store.open_collection("bob"), embedder, "where is the spare key?", 1) == [ids["bob"]]
+    store.close()
+    patient = EdgeVectorStore(embedder.dims, tmp_path / "edge", max_open=1)  # idle for a minute first
+    for user in ("ann", "bob", "cat"):
+        patient.open_collection(user)
+    assert len(patient._shards) == 3
+    patient.close()
+
+
 def dense_index_kinds(path: Path) -> set[str]:
     """Dense-index kinds of the segments on disk: "plain" (exact search) or "hnsw"."""
     return {

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     config_file: Path | None = Field(None, validation_alias=_env("MEMORY_CONFIG_FILE"))
     vector_engine: Literal["edge", "qdrant-local"] = Field("edge", validation_alias=_env("VECTOR_ENGINE"))
     vector_index_threshold: int = Field(20_000, validation_alias=_env("VECTOR_INDEX_THRESHOLD"), ge=1)
+    vector_max_open_collections: int = Field(256, validation_alias=_env("VECTOR_MAX_OPEN_COLLECTIONS"), ge=1)
     search_mode: Literal["hybrid", "dense"] = Field("hybrid", validation_alias=_env("SEARCH_MODE"))
     search_dense_weight: float = Field(0.4, validation_alias=_env("SEARCH_DENSE_WEIGHT"), ge=0, le=1)
     search_context_weight: float = Field(0.2, validation_alias=_env("SEARCH_CONTEXT_WEIGHT"), ge=0, le=1)

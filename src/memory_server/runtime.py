@@ -56,7 +56,13 @@ def open_vector_store(
             api_key=store_config.get("api_key"),
             ranking=ranking,
         )
-    edge = EdgeVectorStore(dims, settings.data_dir / "edge", ranking, settings.vector_index_threshold)
+    edge = EdgeVectorStore(
+        dims,
+        settings.data_dir / "edge",
+        ranking,
+        settings.vector_index_threshold,
+        max_open=settings.vector_max_open_collections,
+    )
     try:
         migrate_local_to_edge(settings.data_dir / "qdrant", edge)
     except BaseException:

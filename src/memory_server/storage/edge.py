@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,15 @@ DEFAULT_INDEX_THRESHOLD = 20_000
 # while a collection is small (at 10k-20k it was 1.1-2.5 ms a query against 0.5 with HNSW),
 # and past 20k nothing changes.
 FIRST_INDEX_POINTS = 5_000
+# Open shards kept beyond this many are closed once unused for IDLE_SECONDS: each holds a
+# file, ~0.4 MB and its search threads, and a server with thousands of users must not
+# keep them all. Reopening a small one takes milliseconds (large ones stay in use).
+DEFAULT_MAX_OPEN = 256
+IDLE_SECONDS = 60.0
+# Threads of each shard's search pool (segments searched in parallel). The engine's
+# default follows the CPUs (8 threads here, on 2 cores); a collection has 2-3 segments,
+# and 2 threads searched 15k points as fast as 8 (0.5 ms) where 1 took twice as long.
+SEARCH_THREADS = 2
 # Payload fields we filter or order on get an index (user_id: mem0 filters by it).
 _KEYWORD_FIELDS = ("user_id", "app_id")
 
@@ -185,10 +195,12 @@ class _Shard:
 
     @contextmanager
     def reading(self) -> Iterator[qe.EdgeShard]:
-        """The live shard, held so that a swap waits for this read to finish."""
+        """The live shard, held so that a swap (or closing it) waits for this read to finish."""
         with self._gate:
             while self._swapping:
                 self._gate.wait()
+            if self.closed:
+                raise Unavailable("the vector store is closed")
             self._readers += 1
         try:
             yield self.shard
@@ -325,6 +337,23 @@ class _Shard:
         if builder is not None:
             builder.join()
 
+    def close_if_idle(self) -> bool:
+        """Close unless a read, a write or an index build is under way; say whether it did."""
+        if self._builder is not None and self._builder.is_alive():
+            return False
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            with self._gate:
+                if self._readers or self._swapping:
+                    return False
+                self.closed = True
+            self.shard.flush()
+            self.shard.close()
+            return True
+        finally:
+            self.lock.release()
+
     def close(self) -> None:
         self.closed = True
         child = self._child
@@ -337,7 +366,8 @@ class _Shard:
 
 
 class EdgeVectorStore:
-    """The shards of one data directory, opened on first use and kept open."""
+    """The shards of one data directory, opened on first use and kept open while used
+    (at most ``max_open`` of them once the others have been idle for ``idle_seconds``)."""
 
     is_local = True
 
@@ -348,13 +378,18 @@ class EdgeVectorStore:
         ranking: RankingConfig | None = None,
         index_threshold: int = DEFAULT_INDEX_THRESHOLD,
         first_index: int = FIRST_INDEX_POINTS,
+        max_open: int = DEFAULT_MAX_OPEN,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self.dims = dims
         self.path = path
         self.ranking = ranking or RankingConfig()
         self.index_threshold = index_threshold
         self.first_index = min(first_index, index_threshold)
+        self.max_open = max_open
+        self.idle_seconds = idle_seconds
         self._shards: dict[str, _Shard] = {}
+        self._used: dict[str, float] = {}  # collection -> when it was last looked up
         self._lock = threading.Lock()
         self._closed = False
         path.mkdir(parents=True, exist_ok=True)
@@ -379,6 +414,7 @@ class EdgeVectorStore:
             hnsw_config=qe.HnswIndexConfig(
                 m=16, ef_construct=100, full_scan_threshold=10_000, max_indexing_threads=1
             ),
+            max_search_threads=SEARCH_THREADS,
         )
 
     def collection_names(self) -> list[str]:
@@ -398,12 +434,14 @@ class EdgeVectorStore:
         """The open shard of collection ``name`` (opened, or created, on first use)."""
         found = self._shards.get(name)
         if found is not None:
+            self._used[name] = time.monotonic()
             return found
         with self._lock:
             if self._closed:
                 raise Unavailable("the vector store is closed")
             found = self._shards.get(name)
             if found is not None:
+                self._used[name] = time.monotonic()
                 return found
             where = self.path / name
             existing = self.stored_dims(name)
@@ -421,10 +459,34 @@ class EdgeVectorStore:
                 (where / META_FILE).write_text(json.dumps({"dims": self.dims, "format": 1}))
             opened = _Shard(shard, where, self._config(), self.index_threshold, self.first_index)
             self._shards[name] = opened
+            self._used[name] = time.monotonic()
+            self._close_idle(keep=name)
         opened.maybe_index()  # a shard closed before its index was built gets one now
         if existing is not None:
             threading.Thread(target=opened.learn_links, name=f"links-{name}", daemon=True).start()
         return opened
+
+    def _close_idle(self, keep: str) -> None:
+        """Close the least recently used shards beyond ``max_open`` that have been idle for
+        ``idle_seconds`` (called holding the lock, so no open of the same directory races it)."""
+        excess = len(self._shards) - self.max_open
+        if excess <= 0:
+            return
+        now = time.monotonic()
+        for name in sorted(self._shards, key=lambda n: self._used.get(n, 0.0)):
+            if excess <= 0 or now - self._used.get(name, 0.0) < self.idle_seconds:
+                break
+            if name == keep:
+                continue
+            try:
+                closed = self._shards[name].close_if_idle()
+            except Exception:
+                log.exception("closing the idle shard %s failed", name)
+                closed = False
+            if closed:
+                del self._shards[name]
+                self._used.pop(name, None)
+                excess -= 1
 
     def check_dimensions(self, sample_user: str | None = None) -> None:
         """Fail fast if a collection on disk was made with another embedding dimension."""
