@@ -189,11 +189,15 @@ def test_idle_collections_beyond_the_cap_are_closed_and_reopen_on_use(
             payloads=[mem0_payload(user, "app-1", text, START, START)],
             ids=[ids[user]],
         )
+        if user == "ann":
+            ann_tail = store.shard(collection_name("ann")).tail
+            assert ann_tail is not None and ann_tail[0] == ids["ann"]  # what the next add links to
     users = {collection_name(u): u for u in ("ann", "bob", "cat", "dan")}
     open_now = lambda: {users[n] for n in store._shards}  # noqa: E731
     assert open_now() == {"bob", "cat"}  # the least recently used went
     assert top(store.open_collection("ann"), embedder, "where is the spare key?", 1) == [ids["ann"]]
     assert open_now() == {"cat", "ann"}
+    assert store.shard(collection_name("ann")).tail == ann_tail  # kept across the close
     bob = store.shard(collection_name("bob"))  # reopened; cat closed
     store.shard(collection_name("ann"))  # bob is now the least recently used
     with bob.reading():  # but busy: ann goes instead
