@@ -19,15 +19,10 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
-import shutil
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,20 +30,20 @@ import qdrant_edge as qe
 
 from memory_server.errors import ConfigurationError, Unavailable
 from memory_server.identity import COLLECTION_PREFIX, collection_name, dimension_mismatch
+from memory_server.storage.edge_shard import (
+    DEFAULT_INDEX_THRESHOLD,
+    FIRST_INDEX_POINTS,
+    LINKS,
+    META_FILE,
+    Shard,
+    recover_builds,
+)
 from memory_server.storage.lexical import ENCODER, SPARSE_NAME
-from memory_server.storage.links import LinkCache, link_of
+from memory_server.storage.links import link_of
 from memory_server.storage.ranking import NEXT, PREV, Candidate, Hit, HybridMixin, RankingConfig
 
 log = logging.getLogger(__name__)
 
-META_FILE = "memory-server.json"
-DEFAULT_INDEX_THRESHOLD = 20_000
-# The first build (below this an exact scan costs under 0.6 ms). Each later build waits
-# for as many new points as are indexed, at most the threshold, so a collection is indexed
-# at 5k, 10k, 20k, 40k, 60k... points: the exact scan of the newest points stays small
-# while a collection is small (at 10k-20k it was 1.1-2.5 ms a query against 0.5 with HNSW),
-# and past 20k nothing changes.
-FIRST_INDEX_POINTS = 5_000
 # Open shards kept beyond this many are closed once unused for IDLE_SECONDS: each holds a
 # file, ~0.4 MB and its search threads, and a server with thousands of users must not
 # keep them all. Reopening a small one takes milliseconds (large ones stay in use).
@@ -63,11 +58,6 @@ _KEYWORD_FIELDS = ("user_id", "app_id")
 
 Ids = list[str]
 AnyList = list[Any]
-
-
-# Ranking reads only the conversation links of its ~200 candidates: whole payloads (the
-# text above all) cost 2.8 ms of a 3.6 ms dense query at 100k memories.
-_LINKS = qe.PayloadSelector.Include([PREV, NEXT])
 
 
 def _kilobytes(points: int, dims: int) -> int:
@@ -108,263 +98,6 @@ def _dense_of(vector: Any) -> list[float] | None:
     return list(vector) if vector is not None else None
 
 
-# Run in a child process: qdrant-edge's optimize() holds the GIL for the whole build
-# (60 s at 100k points on one core), which would freeze every request of this process.
-_BUILD_SCRIPT = """
-import os
-import sys
-import qdrant_edge as qe
-os.nice(5)  # serving keeps the upper hand
-shard = qe.EdgeShard.load(sys.argv[1])
-changed = shard.optimize()
-shard.flush()
-shard.close()
-print(int(changed))
-"""
-
-
-def _index_kinds(path: Path) -> set[str]:
-    """Dense-index kinds of a shard's segments on disk ("plain", "hnsw")."""
-    kinds: set[str] = set()
-    for meta in path.glob("segments/*/segment.json"):
-        try:
-            kinds.add(json.loads(meta.read_text())["config"]["vector_data"][""]["index"]["type"])
-        except (OSError, ValueError, KeyError):
-            continue
-    return kinds
-
-
-def recover_builds(path: Path) -> None:
-    """Clear what a process stopped during an index build left in ``path/.building``.
-
-    A live shard found there (stopped between the two renames of a swap) goes back in
-    place; unfinished copies are dropped (the next open starts the build again).
-    """
-    building = path / ".building"
-    if not building.is_dir():
-        return
-    for moved in building.glob("*.old"):
-        live = path / moved.name.removesuffix(".old")
-        if not live.exists():
-            os.rename(moved, live)
-            log.warning("restored the shard %s that an interrupted index build had moved aside", live.name)
-    shutil.rmtree(building, ignore_errors=True)
-
-
-class _Shard:
-    """One open shard, its write lock, and its background index builder.
-
-    HNSW is built on a copy of the shard by a child process (see ``_BUILD_SCRIPT``);
-    writes made meanwhile are logged and replayed on the built copy, which then replaces
-    the live shard in a swap that readers wait out (well under a second). Until then
-    searches stay exact on the live shard.
-    """
-
-    def __init__(
-        self, shard: qe.EdgeShard, path: Path, config: qe.EdgeConfig, threshold: int, first: int
-    ) -> None:
-        self.shard = shard
-        self.path = path
-        self.config = config
-        self.threshold = threshold
-        self.first = min(first, threshold)
-        self.lock = threading.RLock()  # writers
-        self.tail: Any = None
-        self.links = LinkCache()  # for ranking (storage/links.py); writers below keep it true
-        self._builder: threading.Thread | None = None
-        self._child: subprocess.Popen[bytes] | None = None
-        self._replay: list[Any] | None = None  # writes since the build copy was taken
-        self._gate = threading.Condition()
-        self._readers = 0
-        self._swapping = False
-        self.closed = False
-        # Points written since the last index build (by the meta file; a shard from
-        # before it was kept counts as indexed if it has an HNSW segment).
-        points = shard.info().points_count
-        indexed = self._meta().get("indexed_points")
-        if indexed is None:
-            indexed = points if "hnsw" in _index_kinds(path) else 0
-        self.indexed = min(points, int(indexed))
-        self.unindexed = points - self.indexed
-
-    def _meta(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads((self.path / META_FILE).read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    @contextmanager
-    def reading(self) -> Iterator[qe.EdgeShard]:
-        """The live shard, held so that a swap (or closing it) waits for this read to finish."""
-        with self._gate:
-            while self._swapping:
-                self._gate.wait()
-            if self.closed:
-                raise Unavailable("the vector store is closed")
-            self._readers += 1
-        try:
-            yield self.shard
-        finally:
-            with self._gate:
-                self._readers -= 1
-                if not self._readers:
-                    self._gate.notify_all()
-
-    def learn_links(self, page: int = 512) -> None:
-        """Read every point's links into the cache (a shard just opened), 512 at a time:
-        ~9 ms a page, 1.8 s of one core for 100k points, once per process."""
-
-        def read_page(offset: Any) -> tuple[Any, Any]:
-            with self.reading() as shard:
-                return shard.scroll(
-                    qe.ScrollRequest(limit=page, offset=offset, with_payload=_LINKS, with_vector=False)
-                )
-
-        try:
-            self.links.learn(read_page, lambda: self.closed)
-        except Exception:  # closed under us: the cache fills on demand instead
-            log.debug("learning links stopped", exc_info=True)
-
-    def update(self, operation: Any) -> None:
-        """Apply a write (and log it for the index build running, if any)."""
-        with self.lock:
-            self.shard.update(operation)
-            if self._replay is not None:
-                self._replay.append(operation)
-
-    @property
-    def build_at(self) -> int:
-        """Points not yet indexed that start the next build: ``first`` at first, then as
-        many as are indexed, at most ``threshold``."""
-        return min(self.threshold, max(self.first, self.indexed))
-
-    def maybe_index(self, written: int = 0) -> None:
-        """Build HNSW in the background once ``build_at`` points are not yet indexed.
-
-        The engine's own indexing threshold is ``first``, so every build has a segment to
-        index.
-        """
-        self.unindexed += written
-        if self.closed or (self._builder is not None and self._builder.is_alive()):
-            return
-        if self.unindexed < self.build_at:
-            return
-        self._builder = threading.Thread(target=self._builds, name="edge-hnsw", daemon=True)
-        self._builder.start()
-
-    def _builds(self) -> None:
-        """Build, and build again while the writes made meanwhile are enough for another."""
-        while self._build() and not self.closed and self.unindexed >= self.build_at:
-            pass
-
-    def _build(self) -> bool:
-        work = self.path.parent / ".building" / self.path.name
-        try:
-            shutil.rmtree(work, ignore_errors=True)
-            work.parent.mkdir(parents=True, exist_ok=True)
-            with self.lock:
-                self.shard.flush()
-                shutil.copytree(self.path, work)
-                self._replay = []
-                covered = self.unindexed
-            self._child = subprocess.Popen(
-                [sys.executable, "-c", _BUILD_SCRIPT, str(work)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            out, err = self._child.communicate()
-            if self._child.returncode != 0 or self.closed:
-                if not self.closed:
-                    log.error("HNSW build failed: %s", err.decode(errors="replace")[-500:])
-                return False
-            self.indexed = self._swap(work)
-            self.unindexed = max(0, self.unindexed - covered)
-            log.info("HNSW index built for %s (%s)", self.path.name, out.decode().strip())
-            return True
-        except Exception:  # a build that fails leaves exact search in place
-            log.exception("HNSW build failed")
-            return False
-        finally:
-            self._replay = None
-            self._child = None
-            shutil.rmtree(work, ignore_errors=True)
-
-    def _swap(self, built: Path) -> int:
-        """Put the built copy in place of the live shard; return the points it indexed
-        (those of the copy: the writes replayed on it are not).
-
-        The copy is completed first (the writes made during the build replayed and
-        flushed, in its own directory), so that at every moment one of the two
-        directories holds every write: a process stopped between the two renames leaves
-        the live shard under ``.building/<name>.old``, and ``recover_builds`` puts it back.
-        """
-        old_dir = self.path.parent / ".building" / (self.path.name + ".old")
-        with self.lock:  # writers wait from here; readers only for the renames
-            copy = qe.EdgeShard.load(str(built), self.config)
-            indexed = copy.info().points_count
-            for operation in self._replay or []:
-                copy.update(operation)
-            meta = self._meta()
-            meta["indexed_points"] = indexed
-            copy.flush()
-            copy.close()
-            (built / META_FILE).write_text(json.dumps(meta))
-            with self._gate:
-                self._swapping = True
-                while self._readers:
-                    self._gate.wait()
-            try:
-                self.shard.close()
-                shutil.rmtree(old_dir, ignore_errors=True)
-                os.rename(self.path, old_dir)
-                os.rename(built, self.path)
-                try:
-                    self.shard = qe.EdgeShard.load(str(self.path), self.config)
-                except Exception:
-                    os.rename(self.path, built)
-                    os.rename(old_dir, self.path)
-                    self.shard = qe.EdgeShard.load(str(self.path), self.config)
-                    raise
-            finally:
-                with self._gate:
-                    self._swapping = False
-                    self._gate.notify_all()
-        shutil.rmtree(old_dir, ignore_errors=True)
-        return int(indexed)
-
-    def wait_indexed(self) -> None:
-        builder = self._builder
-        if builder is not None:
-            builder.join()
-
-    def close_if_idle(self) -> bool:
-        """Close unless a read, a write or an index build is under way; say whether it did."""
-        if self._builder is not None and self._builder.is_alive():
-            return False
-        if not self.lock.acquire(blocking=False):
-            return False
-        try:
-            with self._gate:
-                if self._readers or self._swapping:
-                    return False
-                self.closed = True
-            self.shard.flush()
-            self.shard.close()
-            return True
-        finally:
-            self.lock.release()
-
-    def close(self) -> None:
-        self.closed = True
-        child = self._child
-        if child is not None:
-            child.terminate()  # the next open starts the build again
-        self.wait_indexed()
-        with self.lock:
-            self.shard.flush()
-            self.shard.close()
-
-
 class EdgeVectorStore:
     """The shards of one data directory, opened on first use and kept open while used
     (at most ``max_open`` of them once the others have been idle for ``idle_seconds``)."""
@@ -388,7 +121,7 @@ class EdgeVectorStore:
         self.first_index = min(first_index, index_threshold)
         self.max_open = max_open
         self.idle_seconds = idle_seconds
-        self._shards: dict[str, _Shard] = {}
+        self._shards: dict[str, Shard] = {}
         self._used: dict[str, float] = {}  # collection -> when it was last looked up
         # The newest point of each collection closed while idle, for conversation links
         # (ranking.py): an add after the reopen links to it as if the shard had stayed open.
@@ -433,7 +166,7 @@ class EdgeVectorStore:
         except (OSError, ValueError, KeyError):
             return None
 
-    def shard(self, name: str, create: bool = True) -> _Shard:
+    def shard(self, name: str, create: bool = True) -> Shard:
         """The open shard of collection ``name`` (opened, or created, on first use)."""
         found = self._shards.get(name)
         if found is not None:
@@ -460,7 +193,7 @@ class EdgeVectorStore:
                     shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
                 shard.flush()
                 (where / META_FILE).write_text(json.dumps({"dims": self.dims, "format": 1}))
-            opened = _Shard(shard, where, self._config(), self.index_threshold, self.first_index)
+            opened = Shard(shard, where, self._config(), self.index_threshold, self.first_index)
             opened.tail = self._tails.pop(name, None)
             self._shards[name] = opened
             self._used[name] = time.monotonic()
@@ -544,7 +277,7 @@ class EdgeCollection(HybridMixin):
     # ------------------------------------------------------------ plumbing
 
     @property
-    def _s(self) -> _Shard:
+    def _s(self) -> Shard:
         shard = self.store.shard(self.collection_name)
         if shard.closed:
             raise Unavailable("the vector store is closed")
@@ -614,7 +347,7 @@ class EdgeCollection(HybridMixin):
         missing: list[Any] = [mid for mid, _, link in found if link is None]
         if missing:
             with shard.reading() as edge:
-                records = edge.retrieve(missing, with_payload=_LINKS, with_vector=False)
+                records = edge.retrieve(missing, with_payload=LINKS, with_vector=False)
             read = {str(r.id): link_of(r.payload) for r in records}
             shard.links.keep(read, epoch)
             found = [(mid, score, link or read.get(mid)) for mid, score, link in found]
