@@ -21,7 +21,7 @@ from memory_server.config import ProvidersConfig
 
 # Importing mem0 builds a default ``MemoryConfig()`` (the default argument of
 # ``Memory.__init__``), whose default vector store config, Qdrant's, imports qdrant-client:
-# 1.3 s of CPU and ~20 MB for a client nothing here uses (mem0 works on our stores, and
+# 1.3 s of CPU and ~40 MB of a server's RSS for a client nothing here uses (mem0 works on our stores, and
 # our configs name no Qdrant provider, see ``_UNUSED_STORE``). While mem0 imports, a
 # stand-in answers for that one config module; it is gone afterwards.
 _QDRANT_CONFIG = "mem0.configs.vector_stores.qdrant"
