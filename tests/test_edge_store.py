@@ -25,6 +25,7 @@ from memory_server.identity import collection_name
 from memory_server.runtime import Runtime
 from memory_server.services.memories import Caller
 from memory_server.storage.edge import EdgeCollection, EdgeVectorStore
+from memory_server.storage.edge_shard import STATE_FILE
 from memory_server.storage.embeddings import FastEmbedEmbedder, Precision
 from memory_server.storage.mem0_pool import mem0_payload
 from memory_server.storage.vectors import UserCollection, VectorStore
@@ -292,17 +293,48 @@ def test_cached_links_follow_every_write_and_a_reopen(tmp_path: Path, embedder: 
     assert collection._with_links([(ids[2], 1.0)])[0][2]["next_id"] == ids[3]
     collection.update(ids[1], payload={**payloads[1], "prev_id": None, "next_id": None})
     collection.delete(ids[4])
-    check([i for i in ids if i != ids[4]])
+    live = [i for i in ids if i != ids[4]]
+    check(live)
     store.close()
 
+    # A clean close saves the cache and the conversation tail; the next open reads them
+    # (no scroll of the whole shard) and removes the file.
+    state = tmp_path / "edge" / collection_name("alice") / STATE_FILE
+    saved = json.loads(state.read_text())
     reopened = EdgeVectorStore(embedder.dims, tmp_path / "edge")
     collection = reopened.open_collection("alice")
-    deadline = time.monotonic() + 10
-    while len(collection._s.links) < len(ids) - 1 and time.monotonic() < deadline:
-        time.sleep(0.01)  # learned in the background after the open
-    assert len(collection._s.links) == len(ids) - 1
-    check([i for i in ids if i != ids[4]])
+    assert collection._s.restored and not state.exists()
+    assert len(collection._s.links) == len(live)  # as cached at close (check() read ids[1] back)
+    check(live)
+    later = str(uuid.uuid4())
+    collection.insert(
+        vectors=embedder.embed(["turn 6, after the restart"]),
+        payloads=[
+            mem0_payload("alice", "app-1", "turn 6, after the restart", START + timedelta(seconds=6), START)
+        ],
+        ids=[later],
+    )
+    assert collection.retrieve_many([later])[0].payload["prev_id"] == ids[5]  # the tail came back
+    live.append(later)
+    check(live)
     reopened.close()
+
+    # No file (a process that stopped without closing), or one that does not match the
+    # shard: the links are learned from the shard in the background.
+    saved["points"] = len(live) + 1  # from before the last insert, say
+    for broken in (None, json.dumps(saved), "{not json"):
+        state.unlink()
+        if broken is not None:
+            state.write_text(broken)
+        again = EdgeVectorStore(embedder.dims, tmp_path / "edge")
+        collection = again.open_collection("alice")
+        assert not collection._s.restored and not state.exists()
+        deadline = time.monotonic() + 10
+        while len(collection._s.links) < len(live) and time.monotonic() < deadline:
+            time.sleep(0.01)  # learned in the background after the open
+        assert len(collection._s.links) == len(live)
+        check(live)
+        again.close()
 
 
 def test_same_ranking_as_the_qdrant_client_path(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:

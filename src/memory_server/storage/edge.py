@@ -123,9 +123,6 @@ class EdgeVectorStore:
         self.idle_seconds = idle_seconds
         self._shards: dict[str, Shard] = {}
         self._used: dict[str, float] = {}  # collection -> when it was last looked up
-        # The newest point of each collection closed while idle, for conversation links
-        # (ranking.py): an add after the reopen links to it as if the shard had stayed open.
-        self._tails: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
         path.mkdir(parents=True, exist_ok=True)
@@ -194,12 +191,11 @@ class EdgeVectorStore:
                 shard.flush()
                 (where / META_FILE).write_text(json.dumps({"dims": self.dims, "format": 1}))
             opened = Shard(shard, where, self._config(), self.index_threshold, self.first_index)
-            opened.tail = self._tails.pop(name, None)
             self._shards[name] = opened
             self._used[name] = time.monotonic()
             self._close_idle(keep=name)
         opened.maybe_index()  # a shard closed before its index was built gets one now
-        if existing is not None:
+        if existing is not None and not opened.restored:
             threading.Thread(target=opened.learn_links, name=f"links-{name}", daemon=True).start()
         return opened
 
@@ -221,7 +217,7 @@ class EdgeVectorStore:
                 log.exception("closing the idle shard %s failed", name)
                 closed = False
             if closed:
-                self._tails[name] = self._shards.pop(name).tail
+                self._shards.pop(name)
                 self._used.pop(name, None)
                 excess -= 1
 

@@ -62,6 +62,11 @@ class LinkCache:
             if cached is not None:
                 self._links[point_id] = (payload.get(PREV, cached[0]), payload.get(NEXT, cached[1]))
 
+    def snapshot(self) -> dict[str, Link]:
+        """A copy of every cached link (to save at close)."""
+        with self._lock:
+            return dict(self._links)
+
     def forget(self, ids: Iterable[str]) -> None:
         """Points deleted or overwritten: read them again when needed."""
         with self._lock:
