@@ -88,6 +88,12 @@ class MiniLM:
     def _session(self, threads: int | None) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The intra-op threads spin while a run goes on (fast), and stop when it returns:
+        # left spinning, the second thread kept a core busy ~25 ms after every query, under
+        # the ranking and SQL that follow it (search p95 in one process 13-18 -> 10-12 ms;
+        # one MCP client 46 -> 64 calls/s, fifty 55 -> 64; docs/benchmarks.md, sixth pass).
+        # Turning spinning off altogether made the embedding itself slower instead.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = threads
