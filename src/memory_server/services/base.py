@@ -451,18 +451,13 @@ class ServiceBase:
 
     def _existing_live(self, session: Session, actor: Actor, digest: str) -> tuple[Memory, str] | None:
         # Nearly every add is of a new text: a plain probe (Core, compiled once) answers
-        # that in ~0.1 ms where the ORM query below took ~0.9 ms.
+        # that in ~0.1 ms where the ORM query took ~0.9 ms; a hit loads its row by id.
         probe = {"user": actor.user_pk, "digest": digest}
-        if session.connection().execute(_LIVE_BY_HASH, probe).first() is None:
+        found = session.connection().execute(_LIVE_BY_HASH, probe).scalar()
+        if found is None:
             return None
         row = session.execute(
-            select(Memory, App.name)
-            .join(App, App.id == Memory.app_id)
-            .where(
-                Memory.user_id == actor.user_pk,
-                Memory.content_hash == digest,
-                Memory.state != MemoryState.deleted.value,
-            )
+            select(Memory, App.name).join(App, App.id == Memory.app_id).where(Memory.id == found)
         ).first()
         return (row[0], row[1]) if row else None
 
