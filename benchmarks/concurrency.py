@@ -3,8 +3,11 @@
 Usage: python benchmarks/concurrency.py --clients 1 10 50 --seconds 20 --memories 10000 [--config ...]
 
 Each client is an official ``mcp`` SDK session of its own; it loops: 1 add (no LLM) for
-every 4 searches, until the time is up. The same harness drives a no-op FastMCP tool in the
-same run, so the ratio shows what the memory server keeps of the transport's throughput.
+every 4 searches, until the time is up. The same harness drives two floors in the same run:
+a no-op FastMCP tool (the transport), so the ratio shows what the memory server keeps of
+the transport's throughput, and a tool that only embeds each text with the server's model
+(``noop_app.create_embedding``), what any server that embeds every query and memory on
+these cores can keep at most.
 Reports calls/s, latency percentiles, errors and the server's RSS at the start and end.
 Loopback only; bounded by ``--seconds``.
 """
@@ -16,6 +19,7 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from harness import (
     Config,
@@ -35,21 +39,23 @@ from mcp import Client
 
 
 async def client_loop(
-    url: str, k: int, until: float, noop: bool, times: list[float], errors: list[str]
+    url: str, k: int, until: float, floor: str | None, times: list[float], errors: list[str]
 ) -> None:
+    """One client's calls; ``floor`` names the floor app's tool (None: the memory server)."""
     qs = queries(200, seed=k)
     async with Client(url) as client:
         i = 0
         while time.monotonic() < until:
-            if noop:
-                name, arguments = "noop", {"query": qs[i % len(qs)]}
+            # Past its first 200 calls a client adds a suffix, so no text is an embedding-cache hit.
+            query = qs[i % len(qs)] + (f" ({i // len(qs)})" if i >= len(qs) else "")
+            text = query if i % 5 != 4 else f"client {k} note {i}: {query}"
+            arguments: dict[str, Any]
+            if floor is not None:
+                name, arguments = floor, {"query": text}
             elif i % 5 == 4:
-                name, arguments = (
-                    "add_memories",
-                    {"text": f"client {k} note {i}: {qs[i % len(qs)]}", "infer": False},
-                )
+                name, arguments = "add_memories", {"text": text, "infer": False}
             else:
-                name, arguments = "search_memory", {"query": qs[i % len(qs)], "limit": 10}
+                name, arguments = "search_memory", {"query": text, "limit": 10}
             started = time.perf_counter()
             try:
                 result = await client.call_tool(name, arguments)
@@ -62,13 +68,13 @@ async def client_loop(
 
 
 async def load(
-    server: Server, clients: int, seconds: float, noop: bool
+    server: Server, clients: int, seconds: float, floor: str | None
 ) -> tuple[list[float], list[str], float]:
     times: list[float] = []
     errors: list[str] = []
     until = time.monotonic() + seconds
     started = time.perf_counter()
-    await asyncio.gather(*(client_loop(server.url(), k, until, noop, times, errors) for k in range(clients)))
+    await asyncio.gather(*(client_loop(server.url(), k, until, floor, times, errors) for k in range(clients)))
     return times, errors, time.perf_counter() - started
 
 
@@ -88,19 +94,21 @@ def main() -> None:
     print("| server | clients | calls/s | n | p50 ms | p95 ms | p99 ms | errors | RSS MB start -> end |")
     print("|---|---|---|---|---|---|---|---|---|")
     embedder = MixedEmbedder(real_embedder())
-    targets: list[tuple[str, Config | None]] = [("no-op FastMCP tool", None)]
+    floors = {"no-op FastMCP tool": "noop", "FastMCP tool embedding its text": "embed"}
+    targets: list[tuple[str, Config | None]] = [(label, None) for label in floors]
     targets += [(c.label, c) for c in configs(args.config)]
     for label, config in targets:
+        floor = floors.get(label) if config is None else None
         with tempfile.TemporaryDirectory() as tmp:
             if config is not None:
                 runtime = build_runtime(Path(tmp), config, embedder)
                 fill(runtime, fill_items(embedder, args.memories))
                 runtime.close()
-            app = "noop_app:create" if config is None else None
+            app = {"noop": "noop_app:create", "embed": "noop_app:create_embedding"}.get(floor or "")
             with serve(Path(tmp), config or Config({}), app=app) as server:
                 for clients in args.clients:
                     rss0 = server.rss_mb()
-                    times, errors, wall = asyncio.run(load(server, clients, args.seconds, config is None))
+                    times, errors, wall = asyncio.run(load(server, clients, args.seconds, floor))
                     print(
                         f"| {label} | {clients} | {len(times) / wall:.0f} | {latency_cells(times)} "
                         f"| {len(errors)} | {rss0:.0f} -> {server.rss_mb():.0f} |",

@@ -7,8 +7,10 @@ Usage:
 Each configuration gets the same workload on a fresh data directory: fill to N memories
 (bulk path), then ``--queries`` searches and adds in-process (service layer), then the same
 through a ``memory-server serve`` child process with the official ``mcp`` client. A no-op
-FastMCP tool served the same way gives the transport's floor. With two configurations it
-prints the second's p50/p95 over the first's.
+FastMCP tool served the same way gives the transport's floor, and a tool that only embeds
+its text with the server's model (``noop_app.create_embedding``) the floor of any search or
+add that embeds its text on the server. With two configurations it prints the second's
+p50/p95 over the first's.
 """
 
 from __future__ import annotations
@@ -105,8 +107,13 @@ def main() -> None:
     print(machine_line())
     embedder = MixedEmbedder(real_embedder())
     runs = []
-    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), Config({}), app="noop_app:create") as noop:
-        floor = asyncio.run(mcp_calls(noop.url(), [], queries(args.queries), tool="noop"))["search"]
+    floors: dict[str, list[float]] = {}
+    for app, tool in (("noop_app:create", "noop"), ("noop_app:create_embedding", "embed")):
+        with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), Config({}), app=app) as server:
+            floors[tool] = asyncio.run(mcp_calls(server.url(), [], queries(args.queries), tool=tool))[
+                "search"
+            ]
+    floor = floors["noop"]
     for n in args.memories:
         for config in configs(args.config):
             if "EMBEDDING_PRECISION" in config.env:
@@ -120,6 +127,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|"
     )
     print(f"| - | no-op FastMCP tool (floor) | MCP call | {latency_cells(floor)} |")
+    print(f"| - | FastMCP tool embedding its text (floor) | MCP call | {latency_cells(floors['embed'])} |")
     for run in runs:
         for op in ops:
             print(f"| {run['memories']} | {run['config']} | {op} | {latency_cells(run[op])} |")  # type: ignore[arg-type]
@@ -133,7 +141,11 @@ def main() -> None:
                 ta, tb = a[op], b[op]
                 print(f"| {n} | {op} | {pct(tb, 50) / pct(ta, 50):.2f} | {pct(tb, 95) / pct(ta, 95):.2f} |")  # type: ignore[arg-type]
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine_line(), "floor": floor, "runs": runs}))
+        args.json.write_text(
+            json.dumps(
+                {"machine": machine_line(), "floor": floor, "embedding_floor": floors["embed"], "runs": runs}
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,13 @@ def main() -> None:
         style = "-o" if op.startswith("MCP") else "--s"
         ax.plot([p[0] for p in points], [p[1] for p in points], style, label=f"{op}, {config}")
     ax.axhline(pct(data["floor"], 95), color="grey", linestyle=":", label="no-op MCP tool (floor)")
+    if "embedding_floor" in data:  # files written before the embedding floor existed lack it
+        ax.axhline(
+            pct(data["embedding_floor"], 95),
+            color="grey",
+            linestyle="--",
+            label="MCP tool that embeds its text",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("memories in the user's collection")
