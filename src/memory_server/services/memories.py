@@ -46,6 +46,13 @@ __all__ = ["Caller", "Limits", "MemoryService", "MAX_DELETE_IDS", "MAX_LIST_LIMI
 log = logging.getLogger(__name__)
 
 
+# A memory's first rows, inserted with Core (the ORM's attribute names -> column names).
+_INSERT_MEMORY = Memory.metadata.tables[Memory.__tablename__].insert()
+_INSERT_STATUS = MemoryStatusHistory.metadata.tables[MemoryStatusHistory.__tablename__].insert()
+_INSERT_VERSION = MemoryVersion.metadata.tables[MemoryVersion.__tablename__].insert()
+_MEMORY_COLUMNS = {attr.key: column.key for attr in Memory.__mapper__.column_attrs for column in attr.columns}
+
+
 @dataclass(frozen=True)
 class _NewFields:
     metadata: dict[str, Any]
@@ -169,41 +176,47 @@ class MemoryService(ServiceBase):
             for memory_id, text in items:
                 digest = content_hash(text)
                 now = self.clock()
-                row = Memory(
-                    id=memory_id,
-                    user_id=actor.user_pk,
-                    app_id=actor.app_pk,
-                    content=text,
-                    content_hash=digest,
-                    state=MemoryState.active.value,
-                    metadata_=fields.metadata,
-                    created_at=now,
-                    updated_at=now,
-                    memory_type=fields.memory_type,
-                    importance=fields.importance,
-                    access_count=0,
-                    expires_at=self._expiry(fields.memory_type, now),
-                )
+                values = {
+                    "id": memory_id,
+                    "user_id": actor.user_pk,
+                    "app_id": actor.app_pk,
+                    "content": text,
+                    "content_hash": digest,
+                    "state": MemoryState.active.value,
+                    "metadata_": fields.metadata,
+                    "created_at": now,
+                    "updated_at": now,
+                    "memory_type": fields.memory_type,
+                    "importance": fields.importance,
+                    "access_count": 0,
+                    "expires_at": self._expiry(fields.memory_type, now),
+                }
+                row = Memory(**values)  # for the result only: the rows go in through Core
                 try:
                     with self.db.session() as session:
-                        session.add(row)
-                        session.add(
-                            MemoryStatusHistory(
-                                memory_id=memory_id,
-                                changed_by=actor.app_pk,
-                                old_state=None,
-                                new_state=MemoryState.active.value,
-                                changed_at=now,
-                            )
+                        # Three plain INSERTs (0.7 ms a memory) instead of the ORM's unit of
+                        # work (1.3 ms), measured on SQLite; see docs/benchmarks.md.
+                        connection = session.connection()
+                        connection.execute(_INSERT_MEMORY, {_MEMORY_COLUMNS[k]: v for k, v in values.items()})
+                        connection.execute(
+                            _INSERT_STATUS,
+                            {
+                                "memory_id": memory_id,
+                                "changed_by": actor.app_pk,
+                                "old_state": None,
+                                "new_state": MemoryState.active.value,
+                                "changed_at": now,
+                            },
                         )
-                        session.add(
-                            MemoryVersion(
-                                memory_id=memory_id,
-                                version=1,
-                                content=text,
-                                changed_by=actor.app_pk,
-                                created_at=now,
-                            )
+                        connection.execute(
+                            _INSERT_VERSION,
+                            {
+                                "memory_id": memory_id,
+                                "version": 1,
+                                "content": text,
+                                "changed_by": actor.app_pk,
+                                "created_at": now,
+                            },
                         )
                         emit(session, "add", actor.user_id, [memory_id], app=actor.app_name)
                 except IntegrityError as exc:
