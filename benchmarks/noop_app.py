@@ -3,8 +3,8 @@
 ``create``: one tool that does nothing, the transport's own cost.
 ``create_embedding``: one tool that embeds its text with the server's own model and
 settings (``memory-server serve`` builds its embedder the same way) and returns nothing,
-the transport plus the query embedding that every search and add pays before any work of
-its own.
+the transport plus the one embedding that every search and every new memory pays on top
+of its own work.
 """
 
 from __future__ import annotations
