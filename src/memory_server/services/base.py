@@ -45,6 +45,7 @@ from memory_server.storage.models import (
     MemoryState,
     MemoryStatusHistory,
     MemoryType,
+    MemoryVersion,
     User,
     new_id,
     utcnow,
@@ -490,6 +491,56 @@ class ServiceBase:
             # Harmless for readers (search only shows memories SQL knows as active);
             # `memory-server doctor --repair` removes such orphans.
             log.exception("could not remove %d orphan vector(s): %s", len(ids), ids)
+
+
+# A new memory's first rows, inserted with Core: three plain INSERTs (0.7 ms a memory on
+# SQLite) where the ORM's unit of work took 1.3 ms (docs/benchmarks.md, seventh pass).
+_INSERT_MEMORY = Memory.metadata.tables[Memory.__tablename__].insert()
+_INSERT_STATUS = MemoryStatusHistory.metadata.tables[MemoryStatusHistory.__tablename__].insert()
+_INSERT_VERSION = MemoryVersion.metadata.tables[MemoryVersion.__tablename__].insert()
+# The ORM's attribute names (``metadata_``) -> column names (``metadata``).
+_MEMORY_COLUMNS = {attr.key: column.key for attr in Memory.__mapper__.column_attrs for column in attr.columns}
+
+
+def insert_new_memories(
+    session: Session, actor: Actor, rows: Sequence[dict[str, Any]], now: datetime
+) -> None:
+    """Insert new memories (``rows`` keyed by ``Memory`` attribute, ``id`` included) with
+    their first status and version rows, and queue the ``add`` event for the commit.
+
+    A memory whose text is already live for the user raises ``IntegrityError`` here.
+    """
+    connection = session.connection()
+    connection.execute(_INSERT_MEMORY, [{_MEMORY_COLUMNS[k]: v for k, v in row.items()} for row in rows])
+    connection.execute(
+        _INSERT_STATUS,
+        [
+            {
+                "id": new_id(),
+                "memory_id": row["id"],
+                "changed_by": actor.app_pk,
+                "old_state": None,
+                "new_state": row["state"],
+                "changed_at": now,
+            }
+            for row in rows
+        ],
+    )
+    connection.execute(
+        _INSERT_VERSION,
+        [
+            {
+                "id": new_id(),
+                "memory_id": row["id"],
+                "version": 1,
+                "content": row["content"],
+                "changed_by": actor.app_pk,
+                "created_at": now,
+            }
+            for row in rows
+        ],
+    )
+    emit(session, "add", actor.user_id, [row["id"] for row in rows], app=actor.app_name)
 
 
 _LIVE_BY_HASH = (

@@ -22,7 +22,7 @@ from memory_server.errors import InvalidInput, MemoryServerError, Unavailable
 from memory_server.events import emit
 from memory_server.identity import validate_client_name, validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
-from memory_server.services.base import Actor, Caller, ServiceBase, chunks, content_hash
+from memory_server.services.base import Actor, Caller, ServiceBase, chunks, content_hash, insert_new_memories
 from memory_server.services.bulk_items import (
     BATCH_SIZE,
     WRITABLE_STATES,
@@ -416,38 +416,8 @@ class BulkWriter(ServiceBase):
     def _insert_new(
         self, session: Session, actor: Actor, plan: _Plan, category_ids: dict[str, str], now: datetime
     ) -> None:
-        session.execute(
-            insert(Memory),
-            [{"id": item.memory_id, "user_id": actor.user_pk, **values} for item, values in plan.new],
-        )
-        session.execute(
-            insert(MemoryStatusHistory),
-            [
-                {
-                    "id": new_id(),
-                    "memory_id": item.memory_id,
-                    "changed_by": actor.app_pk,
-                    "old_state": None,
-                    "new_state": values["state"],
-                    "changed_at": now,
-                }
-                for item, values in plan.new
-            ],
-        )
-        session.execute(
-            insert(MemoryVersion),
-            [
-                {
-                    "id": new_id(),
-                    "memory_id": item.memory_id,
-                    "version": 1,
-                    "content": item.text,
-                    "changed_by": actor.app_pk,
-                    "created_at": now,
-                }
-                for item, _ in plan.new
-            ],
-        )
+        rows = [{"id": item.memory_id, "user_id": actor.user_pk, **values} for item, values in plan.new]
+        insert_new_memories(session, actor, rows, now)
         links = [
             {"memory_id": item.memory_id, "category_id": category_ids[name]}
             for item, _ in plan.new
@@ -455,7 +425,6 @@ class BulkWriter(ServiceBase):
         ]
         if links:
             session.execute(insert(MemoryCategory), links)
-        emit(session, "add", actor.user_id, [item.memory_id for item, _ in plan.new], app=actor.app_name)
 
     def _apply_changes(
         self, session: Session, actor: Actor, plan: _Plan, category_ids: dict[str, str], now: datetime

@@ -34,23 +34,17 @@ from memory_server.services.base import (
     ServiceBase,
     chunks,
     content_hash,
+    insert_new_memories,
 )
 from memory_server.services.bulk import BulkItem, BulkResult, BulkWriter, OnExisting
 from memory_server.services.filters import MemoryFilter
 from memory_server.services.filters import order_by as _order_by
 from memory_server.storage.mem0_pool import UserMemory
-from memory_server.storage.models import App, Memory, MemoryState, MemoryStatusHistory, MemoryVersion
+from memory_server.storage.models import App, Memory, MemoryState, MemoryVersion
 
 __all__ = ["Caller", "Limits", "MemoryService", "MAX_DELETE_IDS", "MAX_LIST_LIMIT", "MAX_SEARCH_LIMIT"]
 
 log = logging.getLogger(__name__)
-
-
-# A memory's first rows, inserted with Core (the ORM's attribute names -> column names).
-_INSERT_MEMORY = Memory.metadata.tables[Memory.__tablename__].insert()
-_INSERT_STATUS = MemoryStatusHistory.metadata.tables[MemoryStatusHistory.__tablename__].insert()
-_INSERT_VERSION = MemoryVersion.metadata.tables[MemoryVersion.__tablename__].insert()
-_MEMORY_COLUMNS = {attr.key: column.key for attr in Memory.__mapper__.column_attrs for column in attr.columns}
 
 
 @dataclass(frozen=True)
@@ -194,31 +188,7 @@ class MemoryService(ServiceBase):
                 row = Memory(**values)  # for the result only: the rows go in through Core
                 try:
                     with self.db.session() as session:
-                        # Three plain INSERTs (0.7 ms a memory) instead of the ORM's unit of
-                        # work (1.3 ms), measured on SQLite; see docs/benchmarks.md.
-                        connection = session.connection()
-                        connection.execute(_INSERT_MEMORY, {_MEMORY_COLUMNS[k]: v for k, v in values.items()})
-                        connection.execute(
-                            _INSERT_STATUS,
-                            {
-                                "memory_id": memory_id,
-                                "changed_by": actor.app_pk,
-                                "old_state": None,
-                                "new_state": MemoryState.active.value,
-                                "changed_at": now,
-                            },
-                        )
-                        connection.execute(
-                            _INSERT_VERSION,
-                            {
-                                "memory_id": memory_id,
-                                "version": 1,
-                                "content": text,
-                                "changed_by": actor.app_pk,
-                                "created_at": now,
-                            },
-                        )
-                        emit(session, "add", actor.user_id, [memory_id], app=actor.app_name)
+                        insert_new_memories(session, actor, [values], now)
                 except IntegrityError as exc:
                     # The same text was stored concurrently (or the LLM repeated a stored fact).
                     stale_vectors.append(memory_id)
