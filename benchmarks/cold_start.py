@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from harness import (
+    FLOORS,
     Config,
     MixedEmbedder,
     build_runtime,
@@ -73,8 +74,8 @@ def main() -> None:
     embedder = MixedEmbedder(real_embedder())
     print("| configuration | memories | cold start s (each run) | best s |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        floor = cold_starts(Path(tmp), Config({}), args.runs, app="noop_app:create")
-    print(row("no-op FastMCP tool (floor)", "-", floor), flush=True)
+        floor = cold_starts(Path(tmp), Config({}), args.runs, app=FLOORS["noop"][1])
+    print(row(f"{FLOORS['noop'][0]} (floor)", "-", floor), flush=True)
     for config in configs(args.config):
         with tempfile.TemporaryDirectory() as tmp:
             runtime = build_runtime(Path(tmp), config, embedder)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    FLOORS,
     Config,
     MixedEmbedder,
     Server,
@@ -94,17 +95,18 @@ def main() -> None:
     print("| server | clients | calls/s | n | p50 ms | p95 ms | p99 ms | errors | RSS MB start -> end |")
     print("|---|---|---|---|---|---|---|---|---|")
     embedder = MixedEmbedder(real_embedder())
-    floors = {"no-op FastMCP tool": "noop", "FastMCP tool embedding its text": "embed"}
-    targets: list[tuple[str, Config | None]] = [(label, None) for label in floors]
-    targets += [(c.label, c) for c in configs(args.config)]
-    for label, config in targets:
-        floor = floors.get(label) if config is None else None
+    # (label, floor tool or None for the memory server, configuration)
+    targets: list[tuple[str, str | None, Config | None]] = [
+        (label, tool, None) for tool, (label, _) in FLOORS.items()
+    ]
+    targets += [(c.label, None, c) for c in configs(args.config)]
+    for label, floor, config in targets:
         with tempfile.TemporaryDirectory() as tmp:
             if config is not None:
                 runtime = build_runtime(Path(tmp), config, embedder)
                 fill(runtime, fill_items(embedder, args.memories))
                 runtime.close()
-            app = {"noop": "noop_app:create", "embed": "noop_app:create_embedding"}.get(floor or "")
+            app = FLOORS[floor][1] if floor is not None else None
             with serve(Path(tmp), config or Config({}), app=app) as server:
                 for clients in args.clients:
                     rss0 = server.rss_mb()

@@ -40,6 +40,11 @@ from memory_server.storage.embeddings import FastEmbedEmbedder, provision_minilm
 
 MODEL_DIR = Path(os.environ.get("BENCH_MODEL_DIR", Path.home() / ".cache" / "memory-server-bench" / "model"))
 USER = Caller("bench-user", "bench")
+# The floors (noop_app.py): tool name -> (row label, app factory for ``serve``).
+FLOORS = {
+    "noop": ("no-op FastMCP tool", "noop_app:create"),
+    "embed": ("FastMCP tool embedding its text", "noop_app:create_embedding"),
+}
 PEOPLE = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena"]
 VERBS = ["visited", "cooked", "bought", "painted", "repaired", "photographed", "studied", "sold", "planted"]
 THINGS = ["a red bicycle", "the old piano", "sourdough bread", "a vintage camera", "orchids", "a sailboat"]

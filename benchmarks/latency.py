@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from harness import (
+    FLOORS,
     USER,
     Config,
     MixedEmbedder,
@@ -108,7 +109,7 @@ def main() -> None:
     embedder = MixedEmbedder(real_embedder())
     runs = []
     floors: dict[str, list[float]] = {}
-    for app, tool in (("noop_app:create", "noop"), ("noop_app:create_embedding", "embed")):
+    for tool, (_, app) in FLOORS.items():
         with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), Config({}), app=app) as server:
             floors[tool] = asyncio.run(mcp_calls(server.url(), [], queries(args.queries), tool=tool))[
                 "search"
@@ -126,8 +127,8 @@ def main() -> None:
         "| memories | configuration | operation | n | p50 ms | p95 ms | p99 ms |\n"
         "|---|---|---|---|---|---|---|"
     )
-    print(f"| - | no-op FastMCP tool (floor) | MCP call | {latency_cells(floor)} |")
-    print(f"| - | FastMCP tool embedding its text (floor) | MCP call | {latency_cells(floors['embed'])} |")
+    for tool, (label, _) in FLOORS.items():
+        print(f"| - | {label} (floor) | MCP call | {latency_cells(floors[tool])} |")
     for run in runs:
         for op in ops:
             print(f"| {run['memories']} | {run['config']} | {op} | {latency_cells(run[op])} |")  # type: ignore[arg-type]
