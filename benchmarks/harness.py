@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 import memory_server  # (mem0 telemetry off before anything imports mem0)
 
@@ -36,7 +36,7 @@ from memory_server.config import load_settings  # noqa: E402
 from memory_server.runtime import Runtime  # noqa: E402
 from memory_server.services.bulk import BulkItem  # noqa: E402
 from memory_server.services.memories import Caller  # noqa: E402
-from memory_server.storage.embeddings import FastEmbedEmbedder, provision_minilm  # noqa: E402
+from memory_server.storage.embeddings import FastEmbedEmbedder, Precision, provision_minilm  # noqa: E402
 
 MODEL_DIR = Path(os.environ.get("BENCH_MODEL_DIR", Path.home() / ".cache" / "memory-server-bench" / "model"))
 USER = Caller("bench-user", "bench")
@@ -132,10 +132,17 @@ def real_embedder(config: Config | None = None) -> FastEmbedEmbedder:
     """The local model, loaded once per precision (``EMBEDDING_PRECISION`` in ``config``, default int8)."""
     env = config.env if config is not None else {}
     precision = env.get("EMBEDDING_PRECISION") or os.environ.get("EMBEDDING_PRECISION") or "int8"
+    if precision not in get_args(Precision):
+        raise SystemExit(
+            f"EMBEDDING_PRECISION must be one of {', '.join(get_args(Precision))}, not {precision!r}"
+        )
     if precision not in _EMBEDDERS:
         provision_minilm(MODEL_DIR)
         _EMBEDDERS[precision] = FastEmbedEmbedder(
-            MODEL_DIR, "sentence-transformers/all-MiniLM-L6-v2", threads=2, precision=precision
+            MODEL_DIR,
+            "sentence-transformers/all-MiniLM-L6-v2",
+            threads=2,
+            precision=cast(Precision, precision),
         )
     return _EMBEDDERS[precision]
 

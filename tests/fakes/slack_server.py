@@ -74,8 +74,15 @@ class FakeSlack:
             "profile": {"display_name": display_name, "real_name": display_name},
         }
 
-    def add_channel(self, channel_id: str, name: str, **flags: bool) -> FakeChannel:
-        channel = FakeChannel(channel_id, name, **flags)
+    def add_channel(
+        self,
+        channel_id: str,
+        name: str,
+        is_member: bool = True,
+        is_archived: bool = False,
+        is_private: bool = False,
+    ) -> FakeChannel:
+        channel = FakeChannel(channel_id, name, is_member, is_archived, is_private)
         self.channels[channel_id] = channel
         return channel
 
