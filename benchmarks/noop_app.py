@@ -47,13 +47,7 @@ def create_embedding() -> Any:
 
     settings = load_settings()
     section = load_providers(settings).embedder
-    embedder = create_embedder(
-        section.provider,
-        section.config,
-        settings.model_dir,
-        settings.embedding_threads,
-        settings.embedding_precision,
-    )
+    embedder = create_embedder(settings, section)
     embedder.embed_one("warm up")
     mcp = FastMCP("embed")
 

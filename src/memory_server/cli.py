@@ -85,14 +85,7 @@ def serve(
         # The model loads while the server's modules import: most of that is ONNX Runtime
         # building its session, outside the GIL. (For the local model the thread imports
         # only ONNX Runtime and tokenizers, which nothing else imports.)
-        model = loader.submit(
-            create_embedder,
-            section.provider,
-            section.config,
-            settings.model_dir,
-            settings.embedding_threads,
-            settings.embedding_precision,
-        )
+        model = loader.submit(create_embedder, settings, section)
         import uvicorn
 
         from memory_server.api.app import create_app

@@ -108,13 +108,7 @@ class Runtime:
             if run_migrations:
                 migrate(db.engine)
             if embedder is None:
-                embedder = create_embedder(
-                    providers.embedder.provider,
-                    providers.embedder.config,
-                    settings.model_dir,
-                    settings.embedding_threads,
-                    settings.embedding_precision,
-                )
+                embedder = create_embedder(settings, providers.embedder)
             vectors = open_vector_store(settings, providers, embedder.dims)
         except BaseException:
             db.dispose()

@@ -14,11 +14,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from memory_server.errors import ConfigurationError, Unavailable
+
+if TYPE_CHECKING:
+    from memory_server.config import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -325,16 +328,16 @@ class OpenAIEmbedder(_CachedQueries):
         return vectors
 
 
-def create_embedder(
-    provider: str, config: dict[str, Any], model_dir: Path, threads: int, precision: Precision = "int8"
-) -> Embedder:
-    """Build the configured embedder; the local model is provisioned offline if missing."""
-    if provider == "openai":
-        return OpenAIEmbedder(config)
-    provision_minilm(model_dir)
+def create_embedder(settings: Settings, section: ProviderConfig) -> Embedder:
+    """Build the embedder ``section`` (from ``load_providers``) configures, with the model
+    directory, threads and precision from ``settings``; the local model is provisioned
+    offline if missing."""
+    if section.provider == "openai":
+        return OpenAIEmbedder(section.config)
+    provision_minilm(settings.model_dir)
     return FastEmbedEmbedder(
-        model_dir,
-        str(config.get("model") or "sentence-transformers/all-MiniLM-L6-v2"),
-        threads,
-        precision=precision,
+        settings.model_dir,
+        str(section.config.get("model") or "sentence-transformers/all-MiniLM-L6-v2"),
+        settings.embedding_threads,
+        precision=settings.embedding_precision,
     )
