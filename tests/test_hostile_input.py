@@ -150,7 +150,7 @@ def test_mcp_tools_under_hostile_arguments(
             async with Client(mcp) as client:
                 for tool in tools:
                     result = await client.call_tool(tool, args, raise_on_error=False)
-                    text = str(result.content[0].text) if result.content else ""  # type: ignore[union-attr]
+                    text = str(result.content[0].text) if result.content else ""
                     assert "Traceback" not in text and "Error calling tool" not in text, (tool, args, text)
         finally:
             PROCESS_IDENTITY.reset(token)

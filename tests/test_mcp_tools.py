@@ -132,7 +132,7 @@ async def test_errors_are_clear_tool_errors(client: Client[Any]) -> None:
 async def test_no_identity_is_refused(runtime: Runtime) -> None:
     async with Client(build_mcp(runtime.memories)) as c:
         result = await c.call_tool("list_memories", {}, raise_on_error=False)
-    assert result.is_error and "no user" in str(result.content[0].text)  # type: ignore[union-attr]
+    assert result.is_error and "no user" in str(result.content[0].text)
 
 
 async def test_internal_errors_are_masked(runtime: Runtime) -> None:
@@ -146,6 +146,6 @@ async def test_internal_errors_are_masked(runtime: Runtime) -> None:
             result = await c.call_tool("search_memory", {"query": "first"}, raise_on_error=False)
     finally:
         PROCESS_IDENTITY.reset(token)
-    text = str(result.content[0].text)  # type: ignore[union-attr]
+    text = str(result.content[0].text)
     assert result.is_error
     assert "Traceback" not in text and "qdrant" not in text.lower() and "/" not in text

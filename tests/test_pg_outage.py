@@ -122,7 +122,7 @@ async def test_outage_fails_fast_and_recovers_without_restart(
             result = await mcp.call_tool("search_memory", {"query": "boat"}, raise_on_error=False)
     finally:
         PROCESS_IDENTITY.reset(token)
-    assert result.is_error and "database is unavailable" in str(result.content[0].text)  # type: ignore[union-attr]
+    assert result.is_error and "database is unavailable" in str(result.content[0].text)
 
     postgres.start()  # same server object: no restart of memory-server
     assert (await http.get("/health")).status_code == 200

@@ -217,7 +217,7 @@ async def test_apps_pause_resume_and_counts(api: httpx.AsyncClient, runtime: Run
     try:
         async with Client(build_mcp(runtime.memories)) as mcp:
             refused = await mcp.call_tool("search_memory", {"query": "english"}, raise_on_error=False)
-            assert refused.is_error and "paused" in str(refused.content[0].text)  # type: ignore[union-attr]
+            assert refused.is_error and "paused" in str(refused.content[0].text)
             await api.put(f"/api/v1/apps/{desktop['id']}", json={"is_active": True})
             allowed = await mcp.call_tool("search_memory", {"query": "english"})
             assert not allowed.is_error

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
@@ -76,13 +77,13 @@ async def test_bearer_header_over_streamable_http(auth_server: AuthServer) -> No
     url = f"{auth_server.url}/mcp/cursor/http/alice"
     headers = {"Authorization": f"Bearer {auth_server.alice}"}
     async with (
-        httpx.AsyncClient(headers=headers, timeout=30) as http,
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,  # the client the mcp SDK is built on
         Client(streamable_http_client(url, http_client=http)) as client,
     ):
         added = await client.call_tool("add_memories", {"text": "Alice keeps her bike in shed 3"})
         assert not added.is_error
         found = await client.call_tool("search_memory", {"query": "where is the bike?"})
-        assert found.structured_content["results"][0]["text"] == "Alice keeps her bike in shed 3"  # type: ignore[index]
+        assert found.structured_content["results"][0]["text"] == "Alice keeps her bike in shed 3"
 
     # no credential, a wrong one, or bob's token on alice's path: refused before any tool runs
     assert httpx.post(url, json={}).status_code == 401
@@ -96,7 +97,7 @@ async def test_query_token_over_sse_and_no_credential_in_the_log(auth_server: Au
         added = await client.call_tool("add_memories", {"text": "Bob's allotment is plot 17"})
         assert not added.is_error
         listed = await client.call_tool("list_memories", {})
-        assert [m["text"] for m in listed.structured_content["results"]] == ["Bob's allotment is plot 17"]  # type: ignore[index]
+        assert [m["text"] for m in listed.structured_content["results"]] == ["Bob's allotment is plot 17"]
     rest = httpx.get(
         f"{auth_server.url}/api/v1/memories",
         headers={"Authorization": f"Bearer {auth_server.bob}", "X-User-Id": "alice"},

@@ -27,13 +27,14 @@ def result_of(run: InspectorRun) -> dict[str, Any]:
     )
     body = run.json()
     assert "result" in body, body
-    return body["result"]
+    result: dict[str, Any] = body["result"]
+    return result
 
 
 def structured(run: InspectorRun) -> dict[str, Any]:
     result = result_of(run)
     assert result["isError"] is False, result
-    content = result["structuredContent"]
+    content: dict[str, Any] = result["structuredContent"]
     assert json.loads(result["content"][0]["text"]) == content
     return content
 

@@ -78,7 +78,7 @@ async def list_tools(client: Client) -> set[str]:
 async def add(client: Client, text: str, app: str) -> dict[str, Any]:
     content = structured(await client.call_tool("add_memories", {"text": text}))
     assert len(content["results"]) == 1, content
-    item = content["results"][0]
+    item: dict[str, Any] = content["results"][0]
     assert_uuid(item["id"])
     assert item["text"] == text
     assert item["event"] == "ADD"
@@ -92,7 +92,10 @@ async def listing(client: Client) -> dict[str, Any]:
 
 
 async def search(client: Client, query: str) -> list[dict[str, Any]]:
-    return structured(await client.call_tool("search_memory", {"query": query}))["results"]
+    results: list[dict[str, Any]] = structured(await client.call_tool("search_memory", {"query": query}))[
+        "results"
+    ]
+    return results
 
 
 async def full_lifecycle(client: Client, app: str) -> None:
@@ -133,9 +136,11 @@ def parse_rpc(response: httpx.Response) -> dict[str, Any]:
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         for line in response.text.splitlines():
             if line.startswith("data:"):
-                return json.loads(line[5:].strip())
+                message: dict[str, Any] = json.loads(line[5:].strip())
+                return message
         raise AssertionError(f"no data in SSE response: {response.text!r}")
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def rpc_call(request_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
