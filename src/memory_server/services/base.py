@@ -14,11 +14,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 from cachetools import TTLCache
-from sqlalchemy import BindParameter, Executable, Row, bindparam, insert, select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,25 +33,22 @@ from memory_server.events import emit
 from memory_server.identity import validate_client_name, validate_user_id
 from memory_server.schemas import Event, MemoryOut
 from memory_server.services.access import AccessRecorder, synchronous
+from memory_server.services.statements import LIVE_BY_HASH, MOST_IDS, by_ids, chunks
 from memory_server.storage.database import Database
 from memory_server.storage.mem0_pool import MemoryPool, UserMemory
 from memory_server.storage.models import (
     App,
-    Category,
     Memory,
     MemoryAccessLog,
-    MemoryCategory,
     MemoryState,
     MemoryStatusHistory,
     MemoryType,
-    MemoryVersion,
     User,
     new_id,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_SEARCH_LIMIT = 100
 MAX_LIST_LIMIT = 500
@@ -359,8 +355,8 @@ class ServiceBase:
         """Category names of each memory, in one query."""
         found: dict[str, list[str]] = {}
         id_list = list(ids)
-        for chunk in chunks(id_list, _ID_BUCKETS[-1]):
-            for memory_id, name in session.execute(*_by_ids("categories", chunk)):
+        for chunk in chunks(id_list, MOST_IDS):
+            for memory_id, name in session.execute(*by_ids("categories", chunk)):
                 found.setdefault(memory_id, []).append(name)
         return found
 
@@ -412,8 +408,8 @@ class ServiceBase:
         search (docs/benchmarks.md, fourth pass).
         """
         found: dict[str, tuple[Row[Any], str]] = {}
-        for chunk in chunks(list(ids), _ID_BUCKETS[-1]):
-            for row in session.execute(*_by_ids("memories", chunk)):
+        for chunk in chunks(list(ids), MOST_IDS):
+            for row in session.execute(*by_ids("memories", chunk)):
                 if _visible(row, actor, active_only):
                     found[row.id] = (row, row.app_name)
         return found
@@ -454,7 +450,7 @@ class ServiceBase:
         # Nearly every add is of a new text: a plain probe (Core, compiled once) answers
         # that in ~0.1 ms where the ORM query took ~0.9 ms; a hit loads its row by id.
         probe = {"user": actor.user_pk, "digest": digest}
-        found = session.connection().execute(_LIVE_BY_HASH, probe).scalar()
+        found = session.connection().execute(LIVE_BY_HASH, probe).scalar()
         if found is None:
             return None
         row = session.execute(
@@ -493,117 +489,8 @@ class ServiceBase:
             log.exception("could not remove %d orphan vector(s): %s", len(ids), ids)
 
 
-# A new memory's first rows, inserted with Core: three plain INSERTs (0.7 ms a memory on
-# SQLite) where the ORM's unit of work took 1.3 ms (docs/benchmarks.md, seventh pass).
-_INSERT_MEMORY = Memory.metadata.tables[Memory.__tablename__].insert()
-_INSERT_STATUS = MemoryStatusHistory.metadata.tables[MemoryStatusHistory.__tablename__].insert()
-_INSERT_VERSION = MemoryVersion.metadata.tables[MemoryVersion.__tablename__].insert()
-# The ORM's attribute names (``metadata_``) -> column names (``metadata``).
-_MEMORY_COLUMNS = {attr.key: column.key for attr in Memory.__mapper__.column_attrs for column in attr.columns}
-
-
-def insert_new_memories(
-    session: Session, actor: Actor, rows: Sequence[dict[str, Any]], now: datetime
-) -> None:
-    """Insert new memories (``rows`` keyed by ``Memory`` attribute, ``id`` included) with
-    their first status and version rows, and queue the ``add`` event for the commit.
-
-    A memory whose text is already live for the user raises ``IntegrityError`` here.
-    """
-    connection = session.connection()
-    connection.execute(_INSERT_MEMORY, [{_MEMORY_COLUMNS[k]: v for k, v in row.items()} for row in rows])
-    connection.execute(
-        _INSERT_STATUS,
-        [
-            {
-                "id": new_id(),
-                "memory_id": row["id"],
-                "changed_by": actor.app_pk,
-                "old_state": None,
-                "new_state": row["state"],
-                "changed_at": now,
-            }
-            for row in rows
-        ],
-    )
-    connection.execute(
-        _INSERT_VERSION,
-        [
-            {
-                "id": new_id(),
-                "memory_id": row["id"],
-                "version": 1,
-                "content": row["content"],
-                "changed_by": actor.app_pk,
-                "created_at": now,
-            }
-            for row in rows
-        ],
-    )
-    emit(session, "add", actor.user_id, [row["id"] for row in rows], app=actor.app_name)
-
-
-_LIVE_BY_HASH = (
-    select(Memory.id)
-    .where(
-        Memory.user_id == bindparam("user"),
-        Memory.content_hash == bindparam("digest"),
-        Memory.state != MemoryState.deleted.value,
-    )
-    .limit(1)
-)
-
-# Statements that look memories up by id take one bind parameter per id, in a few fixed
-# sizes: each size is compiled once and cached by SQLAlchemy, where ``IN`` over a list is
-# re-rendered on every call. Short lists are padded by repeating their first id.
-_ID_BUCKETS = (8, 32, 128, 512)
-_RESULT_COLUMNS = (
-    Memory.id,
-    Memory.user_id,
-    Memory.content,
-    Memory.state,
-    Memory.memory_type,
-    Memory.importance,
-    Memory.metadata_.label("metadata_"),
-    Memory.created_at,
-    Memory.updated_at,
-    Memory.access_count,
-    Memory.last_accessed_at,
-    Memory.expires_at,
-    Memory.archived_at,
-    App.name.label("app_name"),
-)
-
-
-@lru_cache(maxsize=2 * len(_ID_BUCKETS))
-def _id_statement(kind: str, size: int) -> Executable:
-    ids: list[BindParameter[str]] = [bindparam(f"id{i}") for i in range(size)]
-    if kind == "memories":
-        return select(*_RESULT_COLUMNS).join(App, App.id == Memory.app_id).where(Memory.id.in_(ids))
-    return (
-        select(MemoryCategory.memory_id, Category.name)
-        .join(Category, Category.id == MemoryCategory.category_id)
-        .where(MemoryCategory.memory_id.in_(ids))
-        .order_by(Category.name)
-    )
-
-
 def _visible(row: Memory | Row[Any], actor: Actor, active_only: bool) -> bool:
     """The caller's own, not deleted (and with ``active_only``, active) memory."""
     if row.user_id != actor.user_pk or row.state == MemoryState.deleted.value:
         return False
     return not active_only or row.state == MemoryState.active.value
-
-
-def _by_ids(kind: str, ids: Sequence[str]) -> tuple[Executable, dict[str, str]]:
-    """The ``kind`` statement ("memories" or "categories") and its parameters for ``ids``
-    (1 to 512 of them, as ``chunks`` gives them)."""
-    size = next(b for b in _ID_BUCKETS if b >= len(ids))
-    padded = [*ids, *[ids[0]] * (size - len(ids))]
-    return _id_statement(kind, size), {f"id{i}": mid for i, mid in enumerate(padded)}
-
-
-def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
-    """``items`` in lists of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])

@@ -22,7 +22,7 @@ from memory_server.errors import InvalidInput, MemoryServerError, Unavailable
 from memory_server.events import emit
 from memory_server.identity import validate_client_name, validate_memory_id
 from memory_server.metrics import MEMORIES_ADDED
-from memory_server.services.base import Actor, Caller, ServiceBase, chunks, content_hash, insert_new_memories
+from memory_server.services.base import Actor, Caller, ServiceBase, content_hash
 from memory_server.services.bulk_items import (
     BATCH_SIZE,
     WRITABLE_STATES,
@@ -36,6 +36,7 @@ from memory_server.services.bulk_items import (
     _utc,
     category_id,
 )
+from memory_server.services.statements import chunks, insert_new_memories
 from memory_server.storage.mem0_pool import UserMemory, mem0_payload
 from memory_server.storage.models import (
     App,

@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from memory_server.services.base import ServiceBase, chunks
+from memory_server.services.base import ServiceBase
+from memory_server.services.statements import chunks
 from memory_server.storage.mem0_pool import mem0_payload
 from memory_server.storage.models import App, Memory, MemoryState, User
 

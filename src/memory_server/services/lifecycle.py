@@ -12,8 +12,9 @@ from sqlalchemy import ColumnElement, and_, func, insert, select, update
 from memory_server.errors import InvalidInput, NotFound
 from memory_server.events import emit
 from memory_server.identity import validate_memory_id
-from memory_server.services.base import MAX_DELETE_IDS, MAX_LIST_LIMIT, Caller, ServiceBase, chunks
+from memory_server.services.base import MAX_DELETE_IDS, MAX_LIST_LIMIT, Caller, ServiceBase
 from memory_server.services.filters import MemoryFilter
+from memory_server.services.statements import chunks
 from memory_server.storage.models import (
     App,
     Memory,

@@ -32,13 +32,12 @@ from memory_server.services.base import (
     Caller,
     Limits,
     ServiceBase,
-    chunks,
     content_hash,
-    insert_new_memories,
 )
 from memory_server.services.bulk import BulkItem, BulkResult, BulkWriter, OnExisting
 from memory_server.services.filters import MemoryFilter
 from memory_server.services.filters import order_by as _order_by
+from memory_server.services.statements import chunks, insert_new_memories
 from memory_server.storage.mem0_pool import UserMemory
 from memory_server.storage.models import App, Memory, MemoryState, MemoryVersion
 
