@@ -11,19 +11,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from memory_server import __version__
-from memory_server.config import Settings, load_settings
+from memory_server.cli.common import fail as _fail
+from memory_server.cli.common import settings_or_fail as _settings
+from memory_server.cli.slack import slack_app
+from memory_server.cli.tokens import token_app
 from memory_server.errors import ConfigurationError, MemoryServerError
 
 if TYPE_CHECKING:
     from memory_server.runtime import Runtime
-    from memory_server.services.tokens import TokenService
-    from memory_server.slack.state import ChannelStatus
-    from memory_server.slack.sync import SyncReport
 
 app = typer.Typer(
     help="Long-term memory for AI assistants over MCP (stdio, SSE, streamable HTTP).",
@@ -31,18 +31,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _settings(**overrides: object) -> Settings:
-    try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ConfigurationError as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"memory-server: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _version(value: bool) -> None:
@@ -397,216 +385,8 @@ def import_(
     )
 
 
-slack_app = typer.Typer(
-    help="Slack history sync into memories (see docs/slack.md).", no_args_is_help=True, add_completion=False
-)
 app.add_typer(slack_app, name="slack")
-
-
-@slack_app.command("sync")
-def slack_sync(
-    channel: Annotated[
-        list[str] | None,
-        typer.Option("--channel", help="Channel id or name (repeatable; default: SLACK_CHANNELS)."),
-    ] = None,
-    since: Annotated[
-        datetime | None,
-        typer.Option(
-            help="Read history from this UTC date instead of the cursor, e.g. 2026-01-31.",
-            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
-        ),
-    ] = None,
-) -> None:
-    """Run one Slack sync now, with a progress bar; exit 1 if a channel failed."""
-    import asyncio
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-
-    from memory_server.logging_setup import configure_logging
-    from memory_server.runtime import Runtime
-    from memory_server.slack.sync import Progress as SyncProgress
-    from memory_server.slack.sync import SlackSync
-
-    settings = _settings()
-    configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-    if not settings.slack_enabled:
-        _fail("the Slack sync is off: set SLACK_BOT_TOKEN (see docs/slack.md)")
-    try:
-        runtime = Runtime.build(settings)
-    except (ConfigurationError, MemoryServerError) as exc:
-        _fail(str(exc))
-    bars: dict[str, TaskID] = {}
-    console = Console(stderr=True)
-    try:
-        with Progress(
-            TextColumn("#{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
-        ) as progress:
-
-            def show(event: SyncProgress) -> None:
-                if event.channel not in bars:
-                    bars[event.channel] = progress.add_task(event.channel, total=event.total)
-                progress.update(bars[event.channel], total=event.total, completed=event.done)
-
-            sync = SlackSync(settings, runtime.memories, runtime.db)
-            report = asyncio.run(
-                sync.run(
-                    channels=channel or None,
-                    since=since.replace(tzinfo=UTC) if since and since.tzinfo is None else since,
-                    progress=show,
-                )
-            )
-    except KeyboardInterrupt:
-        _fail("interrupted; the next sync resumes from the last stored batch")
-    finally:
-        runtime.close()
-    _print_report(report)
-    if report.status != "ok":
-        raise typer.Exit(1)
-
-
-def _print_report(report: SyncReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    if report.error:
-        typer.echo(f"slack sync: {report.status}: {report.error}", err=True)
-    table = Table("channel", "status", "added", "updated", "unchanged", "deleted", "skipped", "error")
-    for c in report.channels:
-        table.add_row(
-            f"#{c.channel_name}", c.status, str(c.added), str(c.updated), str(c.unchanged),
-            str(c.deleted), str(c.skipped), c.error or "",
-        )  # fmt: skip
-    Console(width=160).print(table)
-
-
-@slack_app.command("status")
-def slack_status() -> None:
-    """Print the Slack sync state of every channel: cursor, last run, counts, last error."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from memory_server.slack.state import SyncState
-    from memory_server.storage.database import Database, make_engine
-    from memory_server.storage.database import migrate as run_migrations
-
-    settings = _settings()
-    db = Database(make_engine(settings.resolved_database_url))
-    try:
-        run_migrations(db.engine)
-        statuses = SyncState(db).statuses()
-    except (ConfigurationError, MemoryServerError) as exc:
-        _fail(str(exc))
-    finally:
-        db.dispose()
-    state = "on" if settings.slack_enabled else "off (SLACK_BOT_TOKEN is not set)"
-    typer.echo(f"Slack sync: {state}; every {settings.slack_sync_interval_minutes:g} minutes "
-               f"into the memory of {settings.slack_target_user!r}")  # fmt: skip
-    table = Table("channel", "id", "status", "synced up to", "last run", "stored", "last run +/~/-", "error")
-    for s in statuses:
-        table.add_row(*_status_row(s))
-    Console(width=200).print(table)
-
-
-def _status_row(s: ChannelStatus) -> list[str]:
-    def when(value: datetime | None) -> str:
-        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
-
-    name = s.channel_name if s.channel_id == "*" else f"#{s.channel_name}"
-    counts = f"{s.last_added}/{s.last_updated}/{s.last_deleted}"
-    return [name, s.channel_id, s.status, when(s.cursor_at), when(s.last_run_at), str(s.stored_messages),
-            counts, s.last_error or ""]  # fmt: skip
-
-
-token_app = typer.Typer(
-    help="API tokens for AUTH_MODE=token (see docs/security.md).", no_args_is_help=True, add_completion=False
-)
 app.add_typer(token_app, name="token")
-
-
-@contextlib.contextmanager
-def _tokens() -> Iterator[TokenService]:
-    """The token service over a migrated database; no vector store is opened (a server may hold it)."""
-    from memory_server.services.tokens import TokenService
-    from memory_server.storage.database import Database, make_engine
-    from memory_server.storage.database import migrate as run_migrations
-
-    settings = _settings()
-    db = Database(make_engine(settings.resolved_database_url))
-    try:
-        run_migrations(db.engine)
-        yield TokenService(db)
-    except (ConfigurationError, MemoryServerError) as exc:
-        _fail(str(exc))
-    finally:
-        db.dispose()
-
-
-@token_app.command("create")
-def token_create(
-    user: Annotated[str, typer.Option(help="The user the token acts as.")],
-    app_name: Annotated[
-        str | None, typer.Option("--app", help="Limit the token to this app (client name).")
-    ] = None,
-    expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 2w (default: no expiry).")
-    ] = None,
-    admin: Annotated[
-        bool, typer.Option("--admin", help="May list users and act across users (/api/v1/admin).")
-    ] = False,
-    name: Annotated[str | None, typer.Option(help="A label, e.g. the device or client.")] = None,
-) -> None:
-    """Create a token and print it once (only its hash is stored)."""
-    from memory_server.services.tokens import parse_duration
-
-    with _tokens() as tokens:
-        info, token = tokens.create(
-            user, app_name, parse_duration(expires_in) if expires_in else None, admin, name
-        )
-    typer.echo(token)
-    expiry = f"expires {info.expires_at:%Y-%m-%d %H:%M} UTC" if info.expires_at else "never expires"
-    scope = f"app {info.app!r}" if info.app else "every app"
-    typer.echo(
-        f"token {info.id} ({info.prefix}...) for user {info.user_id!r}, {scope}"
-        f"{', admin' if info.is_admin else ''}; {expiry}. It is shown only this once.",
-        err=True,
-    )
-
-
-@token_app.command("list")
-def token_list(
-    user: Annotated[str | None, typer.Option(help="Only this user's tokens.")] = None,
-) -> None:
-    """List tokens: id, prefix, user, app, expiry, last use and status (never the token)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    def when(value: datetime | None) -> str:
-        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
-
-    with _tokens() as tokens:
-        infos = tokens.list_tokens(user)
-    table = Table("id", "prefix", "user", "app", "name", "admin", "expires", "last used", "status")
-    for t in infos:
-        table.add_row(t.id, t.prefix, t.user_id, t.app or "*", t.name or "", "yes" if t.is_admin else "",
-                      when(t.expires_at), when(t.last_used_at), t.status)  # fmt: skip
-    Console(width=200).print(table)
-
-
-@token_app.command("revoke")
-def token_revoke(
-    token_id: Annotated[str, typer.Argument(metavar="ID|PREFIX", help="The token's id or prefix.")],
-) -> None:
-    """Revoke a token; servers refuse it within seconds."""
-    from memory_server.services.tokens import CACHE_SECONDS
-
-    with _tokens() as tokens:
-        info = tokens.revoke(token_id)
-    typer.echo(
-        f"revoked token {info.id} ({info.prefix}...) of {info.user_id!r}; running servers refuse it "
-        f"within {CACHE_SECONDS:g} s",
-        err=True,
-    )
 
 
 def main() -> None:
